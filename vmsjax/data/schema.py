@@ -1,0 +1,64 @@
+"""The record schema shared by every vmsjax dataset, and the VISCHEMA category tree.
+
+The tree (paper §3): indoor -> {private, public}, outdoor -> {man-made, natural};
+private -> {kitchen, living room}, public -> {small public, big public},
+man-made -> {work/home, public entertainment}, natural -> {populated, isolated}.
+"""
+
+from __future__ import annotations
+
+IMAGE_SIZE = 224  # every stored image and map is IMAGE_SIZE x IMAGE_SIZE
+
+LEAVES: tuple[str, ...] = (
+    "kitchen",
+    "living_room",
+    "small_public",
+    "big_public",
+    "work_home",
+    "public_entertainment",
+    "populated",
+    "isolated",
+)
+MIDDLE: tuple[str, ...] = ("private", "public", "man_made", "natural")
+TOP: tuple[str, ...] = ("indoor", "outdoor")
+
+LEAF_TO_MIDDLE: dict[str, str] = {
+    "kitchen": "private",
+    "living_room": "private",
+    "small_public": "public",
+    "big_public": "public",
+    "work_home": "man_made",
+    "public_entertainment": "man_made",
+    "populated": "natural",
+    "isolated": "natural",
+}
+MIDDLE_TO_TOP: dict[str, str] = {
+    "private": "indoor",
+    "public": "indoor",
+    "man_made": "outdoor",
+    "natural": "outdoor",
+}
+VMS_CHANNELS: tuple[str, ...] = ("true", "false")  # channel 0 true VMS, channel 1 false VMS
+
+
+def features(with_vms: bool = True, with_score: bool = False):
+  """Returns the tfds FeaturesDict of a vmsjax record.
+
+  Args:
+    with_vms: include the (224, 224, 2) float32 `vms` map (absent for image-only sets).
+    with_score: include a float32 `score` (e.g. LaMem memorability).
+  """
+  import tensorflow_datasets as tfds  # imported lazily: slow, and not needed by the model
+
+  spec = {
+      "image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3)),
+      "category": tfds.features.ClassLabel(names=list(LEAVES)),
+      "category_mid": tfds.features.ClassLabel(names=list(MIDDLE)),
+      "category_top": tfds.features.ClassLabel(names=list(TOP)),
+      "id": tfds.features.Text(),
+  }
+  if with_vms:
+    spec["vms"] = tfds.features.Tensor(shape=(IMAGE_SIZE, IMAGE_SIZE, 2), dtype="float32")
+  if with_score:
+    spec["score"] = tfds.features.Scalar(dtype="float32")
+  return tfds.features.FeaturesDict(spec)
