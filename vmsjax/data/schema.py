@@ -7,6 +7,8 @@ man-made -> {work/home, public entertainment}, natural -> {populated, isolated}.
 
 from __future__ import annotations
 
+import numpy as np
+
 IMAGE_SIZE = 224  # every stored image and map is IMAGE_SIZE x IMAGE_SIZE
 
 LEAVES: tuple[str, ...] = (
@@ -58,7 +60,7 @@ def features(with_vms: bool = True, with_score: bool = False):
       "id": tfds.features.Text(),
   }
   if with_vms:
-    spec["vms"] = tfds.features.Tensor(shape=(IMAGE_SIZE, IMAGE_SIZE, 2), dtype="float32")
+    spec["vms"] = tfds.features.Tensor(shape=(IMAGE_SIZE, IMAGE_SIZE, 2), dtype=np.float32)
   if with_score:
-    spec["score"] = tfds.features.Scalar(dtype="float32")
+    spec["score"] = tfds.features.Scalar(dtype=np.float32)
   return tfds.features.FeaturesDict(spec)
