@@ -1,0 +1,32 @@
+"""Test setup: 4 simulated CPU devices, a tiny config, and one synthetic build per session."""
+
+import os
+
+# Must happen before jax is imported anywhere: the suite runs on 4 simulated devices so
+# that data-parallel code paths are exercised on a CPU-only machine.
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+from vmsjax import config as config_lib  # noqa: E402
+
+
+def tiny_config(**overrides):
+  """The synthetic config shrunk for tests (32x32 inputs, tiny model, 12 steps)."""
+  c = config_lib.load(str(config_lib.REPO_ROOT / "configs" / "synthetic.py") + ":tiny")
+  config_lib.override(c, [f"{k}={v}" for k, v in overrides.items()])
+  config_lib.validate(c)
+  return c
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory):
+  """A data_dir holding the built synthetic dataset (built once per test session)."""
+  from vmsjax.data import pipeline
+
+  d = tmp_path_factory.mktemp("data")
+  pipeline.build("synthetic", str(d))
+  return str(d)

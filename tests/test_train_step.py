@@ -1,0 +1,102 @@
+"""The jitted data-parallel step: sharding invariance, learning, NaN guard, frozen encoder."""
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from tests.conftest import tiny_config
+from vmsjax import train
+
+
+def _setup(config, devices):
+  model, tx, encoder = train.make_model(config), train.make_optimizer(config), train.make_encoder(config)
+  mesh = Mesh(np.asarray(devices), ("data",))
+  repl, split = train.shardings(mesh)
+  root = jax.random.key(config.seed)
+  enc = jax.device_put(train.encoder_params(config, root), repl)
+  state = jax.device_put(train.init_state(config, model, tx, root), repl)
+  step = train.jit_train_step(config, model, tx, encoder, mesh)
+  return state, enc, step, split, root
+
+
+def _batch(n=8, size=48, seed=0):
+  """Noisy images with a bright square per image; the maps are blobs on the square."""
+  rng = np.random.default_rng(seed)
+  image = rng.integers(0, 100, size=(n, size, size, 3), dtype=np.uint8)
+  yy, xx = np.mgrid[0:size, 0:size] / size
+  vms = np.zeros((n, size, size, 2), np.float32)
+  for i in range(n):
+    cy, cx = rng.uniform(0.2, 0.8, size=2)
+    r = int(0.08 * size)
+    image[i, int(cy * size) - r : int(cy * size) + r, int(cx * size) - r : int(cx * size) + r] = 250
+    vms[i, ..., 0] = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.01)
+    vms[i, ..., 1] = np.exp(-((xx - 1 + cx) ** 2 + (yy - cy) ** 2) / 0.02)
+  return {"image": image, "vms": vms}
+
+
+def test_four_devices_match_one_device():
+  assert jax.device_count() == 4, "conftest sets 4 simulated devices"
+  config = tiny_config()
+  batch = _batch()
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    state, enc, step, split, root = _setup(config, devices)
+    for _ in range(2):
+      state, metrics = step(state, enc, train.device_batch(batch, split), root)
+    results.append((float(metrics["loss"]), jax.device_get(state.params)))
+  (loss1, p1), (loss4, p4) = results
+  assert loss1 == pytest.approx(loss4, rel=1e-5)
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_batch_is_split_and_state_replicated():
+  config = tiny_config()
+  state, enc, step, split, root = _setup(config, jax.devices())
+  batch = train.device_batch(_batch(), split)
+  assert len(batch["image"].addressable_shards) == 4
+  assert batch["image"].addressable_shards[0].data.shape[0] == 2
+  state, _ = step(state, enc, batch, root)
+  leaf = jax.tree.leaves(state.params)[0]
+  assert leaf.sharding.is_fully_replicated
+
+
+def test_steps_on_a_fixed_batch_lower_the_loss():
+  config = tiny_config(**{"augment.enabled": False, "optim.learning_rate": 1e-2})
+  state, enc, step, split, root = _setup(config, jax.devices())
+  batch = train.device_batch(_batch(), split)
+  losses = []
+  for _ in range(25):
+    state, metrics = step(state, enc, batch, root)
+    losses.append(float(metrics["reconstruction"]))
+  assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_encoder_is_frozen_and_outside_the_optimiser():
+  config = tiny_config()
+  state, enc, step, split, root = _setup(config, jax.devices())
+  enc_before = jax.device_get(enc)
+  opt_shapes = {x.shape for x in jax.tree.leaves(state.opt_state)}
+  assert (3, 3, 3, 64) not in opt_shapes and (3, 3, 512, 512) not in opt_shapes
+  assert not any("block" in str(p) for p, _ in jax.tree_util.tree_leaves_with_path(state.opt_state))
+  state, _ = step(state, enc, train.device_batch(_batch(), split), root)
+  for a, b in zip(jax.tree.leaves(enc_before), jax.tree.leaves(jax.device_get(enc)), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_nan_loss_freezes_state_and_records_the_step():
+  config = tiny_config()
+  state, enc, step, split, root = _setup(config, jax.devices())
+  good = _batch()
+  state, _ = step(state, enc, train.device_batch(good, split), root)
+  params_good = jax.device_get(state.params)
+  bad = dict(good, vms=np.full_like(good["vms"], np.nan))
+  state, metrics = step(state, enc, train.device_batch(bad, split), root)
+  assert not np.isfinite(float(metrics["loss"]))
+  assert int(state.bad_step) == 1 and int(state.step) == 2
+  for a, b in zip(jax.tree.leaves(params_good), jax.tree.leaves(jax.device_get(state.params)), strict=True):
+    np.testing.assert_array_equal(a, b)
+  # A later good batch does not resume training from a poisoned run.
+  state, _ = step(state, enc, train.device_batch(good, split), root)
+  assert int(state.bad_step) == 1

@@ -1,0 +1,253 @@
+"""Loading, overriding and validating ml_collections configs.
+
+A config is named by a launch string `path/to/file.py[:arg]`: the file's
+`get_config(arg)` builds the ConfigDict. Command-line overrides `a.b=value` may only
+set keys that exist; the value is parsed to the type the key already has.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from vmsjax.errors import VMSError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = str(REPO_ROOT / "configs" / "synthetic.py")
+
+# Keys that may differ between a checkpoint's config and the config resuming it:
+# they change how long a run goes on, where it reads its data from, or what it
+# logs, not what it computes at a given step.
+RESUMABLE_KEYS: tuple[str, ...] = (
+    "train.epochs",
+    "data.data_dir",
+    "data.auto_build",
+    "checkpoint.every_steps",
+    "checkpoint.keep",
+    "log.every_steps",
+    "log.progress",
+    "eval.batch_size",
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The paper's model and schedule (§5.1); config files start from it."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.dense = 128  # n: width of the Dense layer after the VGG-16 trunk
+  c.model.latent = 32  # m: size of the latent code
+  c.model.decoder_channels = (256, 128, 64, 32)  # widths of deconv1..4; deconv5 has 2
+  c.model.kernel = 3  # transposed-convolution kernel size
+  c.model.output_batchnorm = False  # batch norm on the output layer too (see models/vae.py)
+  c.model.dtype = "float32"  # compute dtype; parameters and optimiser stay float32
+  c.model.encoder = ml_collections.ConfigDict()
+  c.model.encoder.weights = ""  # path to VGG-16 ImageNet weights ("" = random init)
+  c.model.encoder.preprocessing = "caffe"  # what the weights expect: caffe (Keras) or torch
+  c.model.encoder.allow_random = False  # train on a randomly initialised trunk
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "synthetic"
+  c.data.data_dir = "data"
+  c.data.auto_build = False  # build the dataset when missing (only synthetic can)
+  c.data.image_size = 224  # model input and output size; a multiple of 32
+  c.data.eval_split = "test"
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.reconstruction = "bce"  # bce | mse | l1
+  c.loss.beta = 1.0  # weight of the KL term
+  c.loss.l2 = 0.02  # Keras-style kernel regulariser on head and decoder kernels
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 1e-4  # Adam
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 32  # global batch, split over all devices
+  c.train.epochs = 250
+  c.train.steps_per_epoch = 20
+
+  c.augment = ml_collections.ConfigDict()
+  c.augment.enabled = True
+  c.augment.max_shift = 0.1  # fraction of width / height
+  c.augment.zoom_range = 0.1  # zoom in [1 - r, 1 + r]
+  c.augment.flip = True  # horizontal flip with probability 1/2
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 500
+  c.checkpoint.keep = 3
+
+  c.log = ml_collections.ConfigDict()
+  c.log.every_steps = 20
+  c.log.progress = True  # progress bar when stderr is a terminal
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 32
+  return c
+
+
+def load(spec: str | None) -> ml_collections.ConfigDict:
+  """Builds the config named by `path.py[:arg]` (the synthetic default when None)."""
+  spec = spec or DEFAULT_CONFIG
+  path, _, arg = spec.partition(":")
+  file = Path(path)
+  if not file.is_file():
+    raise VMSError(f"config file {path} not found; give --config path/to/config.py[:arg]")
+  module_spec = importlib.util.spec_from_file_location(f"vmsjax_config_{file.stem}", file)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # a user's config file: report it in one line
+    raise VMSError(f"config file {path} failed to load: {type(e).__name__}: {e}") from e
+  if not hasattr(module, "get_config"):
+    raise VMSError(f"config file {path} has no get_config(arg) function")
+  try:
+    config = module.get_config(arg or None)
+  except (ValueError, KeyError) as e:
+    raise VMSError(f"config {spec}: {e}") from e
+  return config
+
+
+def _parse_value(key: str, text: str, current: Any) -> Any:
+  """Parses an override's text to the type the key holds now."""
+  if isinstance(current, bool):
+    low = text.strip().lower()
+    if low in ("true", "1", "yes"):
+      return True
+    if low in ("false", "0", "no"):
+      return False
+    raise VMSError(f"config key {key} expects true or false, got {text!r}")
+  if isinstance(current, str) or current is None:
+    return text
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError) as e:
+    raise VMSError(
+        f"config key {key} expects a {type(current).__name__}, got {text!r}"
+    ) from e
+  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  if isinstance(current, tuple) and isinstance(value, list | int):
+    value = tuple(value) if isinstance(value, list) else (value,)
+  if not isinstance(value, type(current)):
+    raise VMSError(
+        f"config key {key} expects a {type(current).__name__}, got {text!r}"
+    )
+  return value
+
+
+def override(config: ml_collections.ConfigDict, assignments: list[str]) -> None:
+  """Applies `a.b=value` assignments in place; unknown keys are an error."""
+  for item in assignments:
+    key, sep, text = item.partition("=")
+    if not sep:
+      raise VMSError(f"config override {item!r} has no '='; write --config.{key}=VALUE")
+    node = config
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ""
+        where = ".".join(parts[:depth]) or "the config"
+        raise VMSError(f"unknown config key {key}: {where} has no {part!r} (known: {known})")
+      if depth < len(parts) - 1:
+        node = node[part]
+    leaf = parts[-1]
+    if isinstance(node[leaf], ml_collections.ConfigDict):
+      raise VMSError(f"config key {key} is a group; set one of its keys instead")
+    value = _parse_value(key, text, node[leaf])
+    with config.unlocked():
+      node[leaf] = value
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks values a typo could break; raises VMSError naming the key."""
+  from vmsjax.losses import RECONSTRUCTIONS
+  from vmsjax.models.vgg16 import PREPROCESSING
+
+  def need(ok: bool, key: str, what: str) -> None:
+    if not ok:
+      value = config
+      for part in key.split("."):
+        value = value[part]
+      raise VMSError(f"invalid config value {key}={value!r}: {what}")
+
+  m = config.model
+  need(m.dense > 0, "model.dense", "must be a positive integer")
+  need(m.latent > 0, "model.latent", "must be a positive integer")
+  need(
+      len(m.decoder_channels) == 4 and all(c > 0 for c in m.decoder_channels),
+      "model.decoder_channels",
+      "must be four positive widths (the fifth layer has 2 channels)",
+  )
+  need(m.kernel > 0, "model.kernel", "must be a positive integer")
+  need(m.dtype in ("float32", "bfloat16"), "model.dtype", "must be float32 or bfloat16")
+  need(
+      m.encoder.preprocessing in PREPROCESSING,
+      "model.encoder.preprocessing",
+      f"must be one of {', '.join(PREPROCESSING)}",
+  )
+  need(
+      config.data.image_size > 0 and config.data.image_size % 32 == 0,
+      "data.image_size",
+      "must be a positive multiple of 32 (VGG-16 downsamples by 32)",
+  )
+  need(
+      config.loss.reconstruction in RECONSTRUCTIONS,
+      "loss.reconstruction",
+      f"must be one of {', '.join(RECONSTRUCTIONS)}",
+  )
+  need(config.loss.beta >= 0, "loss.beta", "must be >= 0")
+  need(config.loss.l2 >= 0, "loss.l2", "must be >= 0")
+  need(config.optim.learning_rate > 0, "optim.learning_rate", "must be > 0")
+  need(config.train.batch_size > 0, "train.batch_size", "must be a positive integer")
+  need(config.train.epochs > 0, "train.epochs", "must be a positive integer")
+  need(config.train.steps_per_epoch > 0, "train.steps_per_epoch", "must be a positive integer")
+  need(0 <= config.augment.max_shift < 0.5, "augment.max_shift", "must be in [0, 0.5)")
+  need(0 <= config.augment.zoom_range < 1, "augment.zoom_range", "must be in [0, 1)")
+  need(config.checkpoint.every_steps > 0, "checkpoint.every_steps", "must be > 0")
+  need(config.checkpoint.keep > 0, "checkpoint.keep", "must be > 0")
+  need(config.log.every_steps > 0, "log.every_steps", "must be > 0")
+
+
+def total_steps(config: ml_collections.ConfigDict) -> int:
+  return int(config.train.epochs * config.train.steps_per_epoch)
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def flat(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
+  """{"a.b": value} for every leaf, tuples as lists (as JSON stores them)."""
+  items = config.items() if isinstance(config, dict) else config.to_dict().items()
+  out = {}
+  for k, v in items:
+    if isinstance(v, dict | ml_collections.ConfigDict):
+      out.update(flat(dict(v), f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def differences(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
+  """Keys (outside RESUMABLE_KEYS) whose values differ, as 'key: old -> new'."""
+  a, b = flat(saved), flat(current)
+  out = []
+  for key in sorted(set(a) | set(b)):
+    if key in RESUMABLE_KEYS:
+      continue
+    if a.get(key, "<absent>") != b.get(key, "<absent>"):
+      out.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
+  return out
+
+
+def fingerprint(config: ml_collections.ConfigDict) -> str:
+  """A hash of everything that changes what a step computes (RESUMABLE_KEYS excluded)."""
+  items = {k: v for k, v in flat(config).items() if k not in RESUMABLE_KEYS}
+  return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,83 @@
+"""The VGG-16 convolutional trunk (the frozen encoder) and its input preprocessing.
+
+Layer names mirror Keras' `VGG16(include_top=False)` (`block1_conv1` ... `block5_conv3`)
+so that converted weights map one to one. The trunk has 13 3x3 convolutions with ReLU
+and five 2x2 max-pools: an (H, W) image becomes an (H/32, W/32, 512) feature map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# (block, number of convolutions, channels) of VGG-16 "configuration D".
+BLOCKS: tuple[tuple[int, int, int], ...] = (
+    (1, 2, 64),
+    (2, 2, 128),
+    (3, 3, 256),
+    (4, 3, 512),
+    (5, 3, 512),
+)
+LAYER_NAMES: tuple[str, ...] = tuple(
+    f"block{b}_conv{i}" for b, n, _ in BLOCKS for i in range(1, n + 1)
+)
+FEATURES = 512  # channels of the trunk's output
+STRIDE = 32  # total downsampling of the trunk
+
+# The preprocessing each family of ImageNet weights was trained with.
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)  # Keras: BGR order, 0-255 scale
+TORCH_MEAN = (0.485, 0.456, 0.406)  # torchvision: RGB order, 0-1 scale
+TORCH_STD = (0.229, 0.224, 0.225)
+PREPROCESSING: tuple[str, ...] = ("caffe", "torch")
+
+
+def preprocess(images: jnp.ndarray, mode: str) -> jnp.ndarray:
+  """Maps RGB images on the 0-255 scale to the input the trunk's weights expect.
+
+  Args:
+    images: (B, H, W, 3) RGB, uint8 or float on the 0-255 scale.
+    mode: "caffe" (Keras weights: RGB->BGR, subtract the Caffe means) or "torch"
+      (torchvision weights: /255, subtract the ImageNet mean, divide by its std).
+
+  Returns:
+    (B, H, W, 3) float32.
+  """
+  x = images.astype(jnp.float32)
+  if mode == "caffe":
+    return x[..., ::-1] - jnp.asarray(CAFFE_BGR_MEAN, jnp.float32)
+  if mode == "torch":
+    return (x / 255.0 - jnp.asarray(TORCH_MEAN, jnp.float32)) / jnp.asarray(
+        TORCH_STD, jnp.float32
+    )
+  raise ValueError(f"unknown VGG-16 preprocessing {mode!r}; expected one of {PREPROCESSING}")
+
+
+class VGG16Trunk(nn.Module):
+  """VGG-16 without its classifier: (B, H, W, 3) preprocessed -> (B, H/32, W/32, 512).
+
+  Attributes:
+    dtype: compute dtype of the convolutions (parameters stay float32).
+  """
+
+  dtype: jnp.dtype = jnp.float32
+  blocks: Sequence[tuple[int, int, int]] = BLOCKS
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    for block, n_conv, channels in self.blocks:
+      for i in range(1, n_conv + 1):
+        x = nn.Conv(
+            channels,
+            (3, 3),
+            padding="SAME",
+            dtype=self.dtype,
+            # He init keeps activations at a steady scale through 13 ReLU layers, so a
+            # randomly initialised (frozen) trunk still passes a usable signal.
+            kernel_init=nn.initializers.he_normal(),
+            name=f"block{block}_conv{i}",
+        )(x)
+        x = nn.relu(x)
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))  # halves H and W
+    return x  # (B, H/32, W/32, 512)

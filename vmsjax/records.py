@@ -1,0 +1,78 @@
+"""What a run leaves in its workdir besides checkpoints: metrics and provenance.
+
+  metrics.jsonl   one JSON object a line: {"step": k, "split": "train", ...}
+  tb/             TensorBoard event files (`tensorboard --logdir WORKDIR/tb`)
+  config.json     the resolved config
+  versions.json   Python and package versions
+  dataset.json    dataset name, version and fingerprint
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+import time
+from pathlib import Path
+
+PACKAGES = (
+    "vmsjax",
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "tensorflow-datasets",
+    "grain",
+    "numpy",
+    "ml-collections",
+)
+
+
+def package_versions() -> dict[str, str]:
+  out = {"python": platform.python_version()}
+  for name in PACKAGES:
+    try:
+      out[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      out[name] = "not installed"
+  return out
+
+
+def write_json(path: Path, obj) -> None:
+  """Writes atomically (temp file, then rename) so a kill never leaves half a file."""
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+  tmp.replace(path)
+
+
+class MetricWriter:
+  """Appends scalars to metrics.jsonl and to TensorBoard event files."""
+
+  def __init__(self, workdir: Path):
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    self._jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
+    self._tb = EventFileWriter(str(workdir / "tb"))
+
+  def write(self, step: int, scalars: dict[str, float], split: str = "train") -> None:
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+
+    record = {"step": int(step), "split": split, "time": time.time()}
+    record.update({k: float(v) for k, v in scalars.items()})
+    self._jsonl.write(json.dumps(record) + "\n")
+    values = [
+        summary_pb2.Summary.Value(tag=f"{split}/{k}", simple_value=float(v))
+        for k, v in scalars.items()
+    ]
+    self._tb.add_event(
+        event_pb2.Event(wall_time=record["time"], step=int(step), summary=summary_pb2.Summary(value=values))
+    )
+
+  def flush(self) -> None:
+    self._jsonl.flush()
+    self._tb.flush()
+
+  def close(self) -> None:
+    self._jsonl.close()
+    self._tb.close()
