@@ -19,9 +19,9 @@ m8 0.513/0.333/0.530, m8_l1 0.543/0.168/0.559.
 from vmsjax.config import base_config
 
 MODELS = {
-    "m32": dict(dense=128, latent=32, reconstruction="bce"),
-    "m8": dict(dense=64, latent=8, reconstruction="bce"),
-    "m8_l1": dict(dense=64, latent=8, reconstruction="l1"),
+  "m32": dict(dense=128, latent=32, reconstruction="bce"),
+  "m8": dict(dense=64, latent=8, reconstruction="bce"),
+  "m8_l1": dict(dense=64, latent=8, reconstruction="l1"),
 }
 
 
@@ -31,8 +31,8 @@ def get_config(arg: str | None = None):
   unknown = [a for a in args if a not in MODELS and a != "runlocal"]
   if unknown or len(models) > 1:
     raise ValueError(
-        f"bad arg {arg!r} for configs/vischema.py: give one of {', '.join(MODELS)}"
-        " optionally followed by ',runlocal'"
+      f"bad arg {arg!r} for configs/vischema.py: give one of {', '.join(MODELS)}"
+      " optionally followed by ',runlocal'"
     )
   spec = MODELS[models[0] if models else "m32"]
   c = base_config()

@@ -5,7 +5,7 @@ import os
 # Must happen before jax is imported anywhere: the suite runs on 4 simulated devices so
 # that data-parallel code paths are exercised on a CPU-only machine.
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 

@@ -14,8 +14,13 @@ def test_image_and_map_get_the_same_transform():
   # still be copies, pixel for pixel, if both got the same geometric transform.
   vms = np.stack([image[..., 0], image[..., 2]], axis=-1).astype(np.float32) / 255.0
   out_img, out_vms = augment.augment(
-      jax.random.key(3), jnp.asarray(image), jnp.asarray(vms), (32, 32),
-      max_shift=0.1, zoom_range=0.2, flip=True,
+    jax.random.key(3),
+    jnp.asarray(image),
+    jnp.asarray(vms),
+    (32, 32),
+    max_shift=0.1,
+    zoom_range=0.2,
+    flip=True,
   )
   np.testing.assert_allclose(np.asarray(out_vms[..., 0]) * 255, out_img[..., 0], atol=1e-3)
   np.testing.assert_allclose(np.asarray(out_vms[..., 1]) * 255, out_img[..., 2], atol=1e-3)

@@ -46,8 +46,14 @@ def _fake_source(n: int) -> list[dict]:
   for i in range(n):
     image = np.zeros((2, 2, 3), np.uint8)
     image[..., 0], image[..., 1] = divmod(i, 256)
-    source.append({"image": image, "vms": np.zeros((2, 2, 2), np.float32),
-                   "category": i % 8, "id": f"ex_{i:04d}"})
+    source.append(
+      {
+        "image": image,
+        "vms": np.zeros((2, 2, 2), np.float32),
+        "category": i % 8,
+        "id": f"ex_{i:04d}",
+      }
+    )
   return source
 
 
@@ -111,7 +117,7 @@ def test_objects_are_visible_and_do_not_overlap(examples):
     for i, a in enumerate(objects):
       assert 0.12 * 224 <= a.x <= 0.88 * 224 and 0.12 * 224 <= a.y <= 0.88 * 224
       assert 12 <= a.radius <= 32
-      for b in objects[i + 1:]:
+      for b in objects[i + 1 :]:
         assert np.hypot(a.x - b.x, a.y - b.y) >= a.radius + b.radius
       # The object's own colour is drawn at its centre (noise aside).
       colour = example["image"][int(round(a.y)), int(round(a.x))].astype(int)
@@ -196,9 +202,11 @@ def test_open_split_errors(data_dir, tmp_path):
   assert "\n" not in message
   with pytest.raises(VMSError, match="train, test"):
     pipeline.open_split("synthetic", "validation", data_dir)
-  for call in (lambda: pipeline.open_split("nope", "train", data_dir),
-               lambda: pipeline.build("nope", data_dir),
-               lambda: pipeline.is_built("nope", data_dir)):
+  for call in (
+    lambda: pipeline.open_split("nope", "train", data_dir),
+    lambda: pipeline.build("nope", data_dir),
+    lambda: pipeline.is_built("nope", data_dir),
+  ):
     with pytest.raises(VMSError, match="synthetic"):
       call()
 
@@ -256,8 +264,10 @@ def test_train_batches_resume_at_any_step():
 def test_train_batches_processes_split_each_global_batch():
   source = _fake_source(100)
   single = pipeline.train_batches(source, batch_size=12, seed=1)
-  parts = [pipeline.train_batches(source, batch_size=12, seed=1, process_index=p,
-                                  process_count=3) for p in range(3)]
+  parts = [
+    pipeline.train_batches(source, batch_size=12, seed=1, process_index=p, process_count=3)
+    for p in range(3)
+  ]
   for _ in range(12):
     whole = _indices(next(single))
     slices = [_indices(next(stream)) for stream in parts]
@@ -271,8 +281,7 @@ def test_train_batches_argument_errors():
   with pytest.raises(VMSError, match="divisible"):
     next(pipeline.train_batches(source, batch_size=32, seed=0, process_count=3))
   with pytest.raises(VMSError, match="process_index"):
-    next(pipeline.train_batches(source, batch_size=32, seed=0, process_index=2,
-                                process_count=2))
+    next(pipeline.train_batches(source, batch_size=32, seed=0, process_index=2, process_count=2))
   with pytest.raises(VMSError, match="batch_size"):
     next(pipeline.train_batches(source, batch_size=0, seed=0))
   with pytest.raises(VMSError, match="empty"):
@@ -299,7 +308,7 @@ def test_eval_batches_on_a_plain_list():
   source = _fake_source(10)[::-1]
   batches = list(pipeline.eval_batches(source, batch_size=4))
   assert [b["id"] for b in batches] == [
-      [f"ex_{i:04d}" for i in range(0, 4)],
-      [f"ex_{i:04d}" for i in range(4, 8)],
-      [f"ex_{i:04d}" for i in range(8, 10)],
+    [f"ex_{i:04d}" for i in range(0, 4)],
+    [f"ex_{i:04d}" for i in range(4, 8)],
+    [f"ex_{i:04d}" for i in range(8, 10)],
   ]

@@ -57,16 +57,18 @@ def test_kl_matches_closed_form():
   # KL(N(mu, s^2) || N(0, 1)) = 0.5 (s^2 + mu^2 - 1 - log s^2), per dimension.
   var = np.exp(logvar)
   want = (0.5 * (var + mu**2 - 1 - logvar)).sum(axis=1).mean()
-  assert float(losses.kl_divergence(jnp.asarray(mu), jnp.asarray(logvar))) == pytest.approx(want, rel=1e-6)
+  assert float(losses.kl_divergence(jnp.asarray(mu), jnp.asarray(logvar))) == pytest.approx(
+    want, rel=1e-6
+  )
   # The standard normal has zero divergence.
   assert float(losses.kl_divergence(jnp.zeros((4, 3)), jnp.zeros((4, 3)))) == 0.0
 
 
 def test_kernel_l2_counts_kernels_only():
   params = {
-      "dense": {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.full((3,), 100.0)},
-      "bn": {"scale": jnp.full((3,), 100.0), "bias": jnp.ones(3)},
-      "deconv": {"kernel": jnp.ones((3, 3, 1, 1))},
+    "dense": {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.full((3,), 100.0)},
+    "bn": {"scale": jnp.full((3,), 100.0), "bias": jnp.ones(3)},
+    "deconv": {"kernel": jnp.ones((3, 3, 1, 1))},
   }
   assert float(losses.kernel_l2(params)) == pytest.approx(6 * 4.0 + 9 * 1.0)
 

@@ -14,7 +14,9 @@ def test_trunk_names_mirror_keras_and_output_shape():
   assert tuple(params) == vgg16.LAYER_NAMES
   assert len(params) == 13 and "block5_conv3" in params
   assert params["block1_conv1"]["kernel"].shape == (3, 3, 3, 64)
-  out = jax.eval_shape(lambda p, x: trunk.apply({"params": p}, x), params, jnp.zeros((2, 64, 96, 3)))
+  out = jax.eval_shape(
+    lambda p, x: trunk.apply({"params": p}, x), params, jnp.zeros((2, 64, 96, 3))
+  )
   assert out.shape == (2, 2, 3, 512)
 
 
@@ -23,13 +25,17 @@ def test_decoder_output_has_input_size(hw):
   model = vae.VMSVAE(dense=8, latent=4, out_hw=hw, channels=(8, 8, 8, 8))
   feats = jnp.zeros((2, hw[0] // 32, hw[1] // 32, 512))
   variables = jax.eval_shape(
-      lambda: model.init({"params": jax.random.key(0), "latent": jax.random.key(1)}, feats,
-                         train=False, sample=True)
+    lambda: model.init(
+      {"params": jax.random.key(0), "latent": jax.random.key(1)}, feats, train=False, sample=True
+    )
   )
-  assert variables["params"]["head"]["dense"]["kernel"].shape == (hw[0] // 32 * hw[1] // 32 * 512, 8)
+  assert variables["params"]["head"]["dense"]["kernel"].shape == (
+    hw[0] // 32 * hw[1] // 32 * 512,
+    8,
+  )
   assert variables["params"]["head"]["mu"]["kernel"].shape == (8, 4)
   logits, mu, logvar = jax.eval_shape(
-      lambda v: model.apply(v, feats, train=False, sample=False), variables
+    lambda v: model.apply(v, feats, train=False, sample=False), variables
   )
   assert logits.shape == (2, *hw, 2) and mu.shape == (2, 4) and logvar.shape == (2, 4)
 
@@ -42,8 +48,9 @@ def test_bad_image_size_is_rejected():
 def test_evaluation_uses_mu_and_training_samples():
   model = vae.VMSVAE(dense=8, latent=4, out_hw=(32, 32), channels=(4, 4, 4, 4))
   feats = jax.random.normal(jax.random.key(0), (3, 1, 1, 512))
-  v = model.init({"params": jax.random.key(1), "latent": jax.random.key(2)}, feats,
-                 train=False, sample=True)
+  v = model.init(
+    {"params": jax.random.key(1), "latent": jax.random.key(2)}, feats, train=False, sample=True
+  )
   a = model.apply(v, feats, train=False, sample=False, rngs={"latent": jax.random.key(5)})[0]
   b = model.apply(v, feats, train=False, sample=False, rngs={"latent": jax.random.key(6)})[0]
   np.testing.assert_array_equal(a, b)  # z = mu: the latent stream is not used
@@ -59,7 +66,9 @@ def test_preprocessing_modes():
   caffe = vgg16.preprocess(img, "caffe")
   np.testing.assert_allclose(caffe[0, 0, 0], [30 - 103.939, 20 - 116.779, 10 - 123.68], rtol=1e-6)
   torch = vgg16.preprocess(img, "torch")
-  want = (np.asarray([10, 20, 30]) / 255 - np.asarray(vgg16.TORCH_MEAN)) / np.asarray(vgg16.TORCH_STD)
+  want = (np.asarray([10, 20, 30]) / 255 - np.asarray(vgg16.TORCH_MEAN)) / np.asarray(
+    vgg16.TORCH_STD
+  )
   np.testing.assert_allclose(torch[0, 0, 0], want, rtol=1e-5)
   with pytest.raises(ValueError):
     vgg16.preprocess(img, "tf")

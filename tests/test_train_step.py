@@ -10,7 +10,11 @@ from vmsjax import train
 
 
 def _setup(config, devices):
-  model, tx, encoder = train.make_model(config), train.make_optimizer(config), train.make_encoder(config)
+  model, tx, encoder = (
+    train.make_model(config),
+    train.make_optimizer(config),
+    train.make_encoder(config),
+  )
   mesh = Mesh(np.asarray(devices), ("data",))
   repl, split = train.shardings(mesh)
   root = jax.random.key(config.seed)
@@ -95,7 +99,9 @@ def test_nan_loss_freezes_state_and_records_the_step():
   state, metrics = step(state, enc, train.device_batch(bad, split), root)
   assert not np.isfinite(float(metrics["loss"]))
   assert int(state.bad_step) == 1 and int(state.step) == 2
-  for a, b in zip(jax.tree.leaves(params_good), jax.tree.leaves(jax.device_get(state.params)), strict=True):
+  for a, b in zip(
+    jax.tree.leaves(params_good), jax.tree.leaves(jax.device_get(state.params)), strict=True
+  ):
     np.testing.assert_array_equal(a, b)
   # A later good batch does not resume training from a poisoned run.
   state, _ = step(state, enc, train.device_batch(good, split), root)

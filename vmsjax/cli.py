@@ -20,14 +20,14 @@ DEFAULT_WORKDIR = "runs/synthetic"
 
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
-      prog="vmsjax", description="Visual Memory Schema VAE in JAX.", allow_abbrev=False
+    prog="vmsjax", description="Visual Memory Schema VAE in JAX.", allow_abbrev=False
   )
   sub = p.add_subparsers(dest="command", required=True)
 
   t = sub.add_parser(
-      "train",
-      help="train (resumes from the workdir's latest checkpoint)",
-      epilog="Override any config value with --config.KEY=VALUE, e.g. --config.model.latent=16.",
+    "train",
+    help="train (resumes from the workdir's latest checkpoint)",
+    epilog="Override any config value with --config.KEY=VALUE, e.g. --config.model.latent=16.",
   )
   t.add_argument("--config", default=None, help="config file[:arg] (default configs/synthetic.py)")
   t.add_argument("--workdir", default=DEFAULT_WORKDIR)
@@ -53,9 +53,11 @@ def _split_overrides(rest: list[str]) -> list[str]:
   out = []
   for arg in rest:
     if arg.startswith("--config.") and "=" in arg:
-      out.append(arg[len("--config."):])
+      out.append(arg[len("--config.") :])
     else:
-      raise VMSError(f"unrecognised argument {arg!r}; config overrides look like --config.a.b=VALUE")
+      raise VMSError(
+        f"unrecognised argument {arg!r}; config overrides look like --config.a.b=VALUE"
+      )
   return out
 
 

@@ -25,14 +25,14 @@ DEFAULT_CONFIG = str(REPO_ROOT / "configs" / "synthetic.py")
 # they change how long a run goes on, where it reads its data from, or what it
 # logs, not what it computes at a given step.
 RESUMABLE_KEYS: tuple[str, ...] = (
-    "train.epochs",
-    "data.data_dir",
-    "data.auto_build",
-    "checkpoint.every_steps",
-    "checkpoint.keep",
-    "log.every_steps",
-    "log.progress",
-    "eval.batch_size",
+  "train.epochs",
+  "data.data_dir",
+  "data.auto_build",
+  "checkpoint.every_steps",
+  "checkpoint.keep",
+  "log.every_steps",
+  "log.progress",
+  "eval.batch_size",
 )
 
 
@@ -63,6 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   c.loss.reconstruction = "bce"  # bce | mse | l1
   c.loss.beta = 1.0  # weight of the KL term
+  c.loss.kl_warmup_steps = 0  # ramp beta linearly from 0 over this many steps (0: off)
   c.loss.l2 = 0.02  # Keras-style kernel regulariser on head and decoder kernels
 
   c.optim = ml_collections.ConfigDict()
@@ -128,17 +129,13 @@ def _parse_value(key: str, text: str, current: Any) -> Any:
   try:
     value = ast.literal_eval(text)
   except (ValueError, SyntaxError) as e:
-    raise VMSError(
-        f"config key {key} expects a {type(current).__name__}, got {text!r}"
-    ) from e
+    raise VMSError(f"config key {key} expects a {type(current).__name__}, got {text!r}") from e
   if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
     value = float(value)
   if isinstance(current, tuple) and isinstance(value, list | int):
     value = tuple(value) if isinstance(value, list) else (value,)
   if not isinstance(value, type(current)):
-    raise VMSError(
-        f"config key {key} expects a {type(current).__name__}, got {text!r}"
-    )
+    raise VMSError(f"config key {key} expects a {type(current).__name__}, got {text!r}")
   return value
 
 
@@ -152,7 +149,9 @@ def override(config: ml_collections.ConfigDict, assignments: list[str]) -> None:
     parts = key.split(".")
     for depth, part in enumerate(parts):
       if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-        known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ""
+        known = (
+          ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ""
+        )
         where = ".".join(parts[:depth]) or "the config"
         raise VMSError(f"unknown config key {key}: {where} has no {part!r} (known: {known})")
       if depth < len(parts) - 1:
@@ -181,29 +180,30 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(m.dense > 0, "model.dense", "must be a positive integer")
   need(m.latent > 0, "model.latent", "must be a positive integer")
   need(
-      len(m.decoder_channels) == 4 and all(c > 0 for c in m.decoder_channels),
-      "model.decoder_channels",
-      "must be four positive widths (the fifth layer has 2 channels)",
+    len(m.decoder_channels) == 4 and all(c > 0 for c in m.decoder_channels),
+    "model.decoder_channels",
+    "must be four positive widths (the fifth layer has 2 channels)",
   )
   need(m.kernel > 0, "model.kernel", "must be a positive integer")
   need(m.dtype in ("float32", "bfloat16"), "model.dtype", "must be float32 or bfloat16")
   need(
-      m.encoder.preprocessing in PREPROCESSING,
-      "model.encoder.preprocessing",
-      f"must be one of {', '.join(PREPROCESSING)}",
+    m.encoder.preprocessing in PREPROCESSING,
+    "model.encoder.preprocessing",
+    f"must be one of {', '.join(PREPROCESSING)}",
   )
   need(
-      config.data.image_size > 0 and config.data.image_size % 32 == 0,
-      "data.image_size",
-      "must be a positive multiple of 32 (VGG-16 downsamples by 32)",
+    config.data.image_size > 0 and config.data.image_size % 32 == 0,
+    "data.image_size",
+    "must be a positive multiple of 32 (VGG-16 downsamples by 32)",
   )
   need(
-      config.loss.reconstruction in RECONSTRUCTIONS,
-      "loss.reconstruction",
-      f"must be one of {', '.join(RECONSTRUCTIONS)}",
+    config.loss.reconstruction in RECONSTRUCTIONS,
+    "loss.reconstruction",
+    f"must be one of {', '.join(RECONSTRUCTIONS)}",
   )
   need(config.loss.beta >= 0, "loss.beta", "must be >= 0")
   need(config.loss.l2 >= 0, "loss.l2", "must be >= 0")
+  need(config.loss.kl_warmup_steps >= 0, "loss.kl_warmup_steps", "must be >= 0")
   need(config.optim.learning_rate > 0, "optim.learning_rate", "must be > 0")
   need(config.train.batch_size > 0, "train.batch_size", "must be a positive integer")
   need(config.train.epochs > 0, "train.epochs", "must be a positive integer")

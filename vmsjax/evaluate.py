@@ -51,7 +51,7 @@ def make_predict(config, model, encoder, mesh):
     vms = augment.warp(batch["vms"], ident, hw)
     feats = train_lib.encode(config, encoder, enc_params, image)
     logits, _, _ = model.apply(
-        {"params": state.params, "batch_stats": state.batch_stats}, feats, train=False, sample=False
+      {"params": state.params, "batch_stats": state.batch_stats}, feats, train=False, sample=False
     )
     return jax.nn.sigmoid(logits), vms
 
@@ -59,10 +59,10 @@ def make_predict(config, model, encoder, mesh):
 
 
 def evaluate(
-    workdir: str | Path,
-    split: str | None = None,
-    checkpoint: int | None = None,
-    data_dir: str | None = None,
+  workdir: str | Path,
+  split: str | None = None,
+  checkpoint: int | None = None,
+  data_dir: str | None = None,
 ) -> dict:
   """Evaluates a checkpoint of `workdir` on a split; writes eval/<split>-<step>.{json,md}.
 
@@ -79,9 +79,9 @@ def evaluate(
   source = pipeline.open_split(config.data.name, split, data_dir)
 
   model, tx, encoder = (
-      train_lib.make_model(config),
-      train_lib.make_optimizer(config),
-      train_lib.make_encoder(config),
+    train_lib.make_model(config),
+    train_lib.make_optimizer(config),
+    train_lib.make_encoder(config),
   )
   mesh = train_lib.data_mesh()
   repl, split_sh = train_lib.shardings(mesh)
@@ -120,14 +120,14 @@ def evaluate(
     scale = float(np.sum(t * centre) / (np.sum(centre * centre) * len(t)))
     baseline[..., c] = scale * centre
   report = {
-      "workdir": str(workdir),
-      "step": int(step),
-      "split": split,
-      "dataset": config.data.name,
-      "images": int(len(pred)),
-      "image_size": int(pred.shape[1]),
-      "model": metrics.summarise(metrics.per_image(pred, target)),
-      "centre_bias": metrics.summarise(metrics.per_image(baseline, target)),
+    "workdir": str(workdir),
+    "step": int(step),
+    "split": split,
+    "dataset": config.data.name,
+    "images": int(len(pred)),
+    "image_size": int(pred.shape[1]),
+    "model": metrics.summarise(metrics.per_image(pred, target)),
+    "centre_bias": metrics.summarise(metrics.per_image(baseline, target)),
   }
   out_dir = workdir / "eval"
   out_dir.mkdir(exist_ok=True)
@@ -146,23 +146,22 @@ def _pad(x: np.ndarray, n: int) -> np.ndarray:
 def markdown_table(report: dict) -> str:
   """The report as a Markdown table (model beside centre bias, per channel)."""
   lines = [
-      f"Evaluation of `{report['workdir']}` at step {report['step']} on "
-      f"{report['dataset']}/{report['split']} ({report['images']} images, "
-      f"{report['image_size']}x{report['image_size']})",
-      "",
-      "| VMS | model rho2D | centre rho2D | model MSE | centre MSE | model MSE (0-255) | constant maps |",
-      "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    f"Evaluation of `{report['workdir']}` at step {report['step']} on "
+    f"{report['dataset']}/{report['split']} ({report['images']} images, "
+    f"{report['image_size']}x{report['image_size']})",
+    "",
+    "| VMS | model rho2D | centre rho2D | model MSE | centre MSE | model MSE (0-255) "
+    "| constant maps |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
   ]
   for c in metrics.CHANNELS:
     m, b = report["model"][c], report["centre_bias"][c]
     lines.append(
-        f"| {c} | {m['rho2d']:.3f} | {b['rho2d']:.3f} | {m['mse']:.4f} | {b['mse']:.4f} "
-        f"| {m['mse_255']:.1f} | {m['constant']} |"
+      f"| {c} | {m['rho2d']:.3f} | {b['rho2d']:.3f} | {m['mse']:.4f} | {b['mse']:.4f} "
+      f"| {m['mse_255']:.1f} | {m['constant']} |"
     )
   return "\n".join(lines) + "\n"
 
 
 def print_report(report: dict, file=sys.stdout) -> None:
   print(markdown_table(report), file=file)
-
-

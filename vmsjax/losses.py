@@ -62,15 +62,15 @@ def kernel_l2(params) -> jnp.ndarray:
 
 
 def total_loss(
-    logits: jnp.ndarray,
-    target: jnp.ndarray,
-    mu: jnp.ndarray,
-    logvar: jnp.ndarray,
-    params,
-    *,
-    kind: str,
-    beta: float,
-    l2: float,
+  logits: jnp.ndarray,
+  target: jnp.ndarray,
+  mu: jnp.ndarray,
+  logvar: jnp.ndarray,
+  params,
+  *,
+  kind: str,
+  beta: float,
+  l2: float,
 ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
   """The whole objective and its terms (each logged on its own).
 

@@ -25,7 +25,10 @@ def mse(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def rho2d(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
-  """Per-image 2-D Pearson correlation (`corr2`): (B, H, W) x2 -> (B,), NaN if either is constant."""
+  """Per-image 2-D Pearson correlation (MATLAB `corr2`): (B, H, W) x2 -> (B,).
+
+  NaN where either map is constant.
+  """
   a = np.asarray(pred, np.float64).reshape(len(pred), -1)
   b = np.asarray(target, np.float64).reshape(len(target), -1)
   a = a - a.mean(axis=1, keepdims=True)
@@ -52,11 +55,11 @@ def summarise(values: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, f
     r = m["rho2d"]
     valid = np.isfinite(r)
     out[c] = {
-        "mse": float(np.mean(m["mse"])),
-        "mse_255": float(np.mean(m["mse"]) * 255.0**2),
-        "rho2d": float(np.mean(r[valid])) if valid.any() else float("nan"),
-        "images": int(len(r)),
-        "constant": int((~valid).sum()),
+      "mse": float(np.mean(m["mse"])),
+      "mse_255": float(np.mean(m["mse"]) * 255.0**2),
+      "rho2d": float(np.mean(r[valid])) if valid.any() else float("nan"),
+      "images": int(len(r)),
+      "constant": int((~valid).sum()),
     }
   return out
 

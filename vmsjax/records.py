@@ -1,10 +1,10 @@
 """What a run leaves in its workdir besides checkpoints: metrics and provenance.
 
-  metrics.jsonl   one JSON object a line: {"step": k, "split": "train", ...}
-  tb/             TensorBoard event files (`tensorboard --logdir WORKDIR/tb`)
-  config.json     the resolved config
-  versions.json   Python and package versions
-  dataset.json    dataset name, version and fingerprint
+metrics.jsonl   one JSON object a line: {"step": k, "split": "train", ...}
+tb/             TensorBoard event files (`tensorboard --logdir WORKDIR/tb`)
+config.json     the resolved config
+versions.json   Python and package versions
+dataset.json    dataset name, version and fingerprint
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ import time
 from pathlib import Path
 
 PACKAGES = (
-    "vmsjax",
-    "jax",
-    "jaxlib",
-    "flax",
-    "optax",
-    "orbax-checkpoint",
-    "tensorflow-datasets",
-    "grain",
-    "numpy",
-    "ml-collections",
+  "vmsjax",
+  "jax",
+  "jaxlib",
+  "flax",
+  "optax",
+  "orbax-checkpoint",
+  "tensorflow-datasets",
+  "grain",
+  "numpy",
+  "ml-collections",
 )
 
 
@@ -62,11 +62,13 @@ class MetricWriter:
     record.update({k: float(v) for k, v in scalars.items()})
     self._jsonl.write(json.dumps(record) + "\n")
     values = [
-        summary_pb2.Summary.Value(tag=f"{split}/{k}", simple_value=float(v))
-        for k, v in scalars.items()
+      summary_pb2.Summary.Value(tag=f"{split}/{k}", simple_value=float(v))
+      for k, v in scalars.items()
     ]
     self._tb.add_event(
-        event_pb2.Event(wall_time=record["time"], step=int(step), summary=summary_pb2.Summary(value=values))
+      event_pb2.Event(
+        wall_time=record["time"], step=int(step), summary=summary_pb2.Summary(value=values)
+      )
     )
 
   def flush(self) -> None:

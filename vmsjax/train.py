@@ -74,13 +74,13 @@ def make_encoder(config: ml_collections.ConfigDict) -> vgg16.VGG16Trunk:
 def make_model(config: ml_collections.ConfigDict) -> vae.VMSVAE:
   vae.check_image_size(*image_hw(config))
   return vae.VMSVAE(
-      dense=config.model.dense,
-      latent=config.model.latent,
-      out_hw=image_hw(config),
-      channels=tuple(config.model.decoder_channels),
-      kernel=config.model.kernel,
-      output_batchnorm=config.model.output_batchnorm,
-      dtype=compute_dtype(config),
+    dense=config.model.dense,
+    latent=config.model.latent,
+    out_hw=image_hw(config),
+    channels=tuple(config.model.decoder_channels),
+    kernel=config.model.kernel,
+    output_batchnorm=config.model.output_batchnorm,
+    dtype=compute_dtype(config),
   )
 
 
@@ -101,10 +101,10 @@ def encoder_params(config: ml_collections.ConfigDict, root: jax.Array):
     return weights.load_trunk(config.model.encoder.weights, config.model.encoder.preprocessing)
   if not config.model.encoder.allow_random:
     raise VMSError(
-        "model.encoder.weights is empty and this config needs ImageNet VGG-16 weights: get "
-        "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (Keras) and pass "
-        "--config.model.encoder.weights=PATH, or set --config.model.encoder.allow_random=true "
-        "to train on a random frozen trunk"
+      "model.encoder.weights is empty and this config needs ImageNet VGG-16 weights: get "
+      "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (Keras) and pass "
+      "--config.model.encoder.weights=PATH, or set --config.model.encoder.allow_random=true "
+      "to train on a random frozen trunk"
     )
   h, w = image_hw(config)
   dummy = jnp.zeros((1, h, w, 3), jnp.float32)
@@ -119,25 +119,23 @@ def encoder_params(config: ml_collections.ConfigDict, root: jax.Array):
 
 
 def init_state(
-    config: ml_collections.ConfigDict,
-    model: vae.VMSVAE,
-    tx: optax.GradientTransformation,
-    root: jax.Array,
+  config: ml_collections.ConfigDict,
+  model: vae.VMSVAE,
+  tx: optax.GradientTransformation,
+  root: jax.Array,
 ) -> TrainState:
   fh, fw = feature_hw(config)
   feats = jnp.zeros((1, fh, fw, vgg16.FEATURES), jnp.float32)
   k = jax.random.fold_in(root, _INIT_KEY)
   k_params, k_latent = jax.random.split(k)
-  variables = model.init(
-      {"params": k_params, "latent": k_latent}, feats, train=False, sample=True
-  )
+  variables = model.init({"params": k_params, "latent": k_latent}, feats, train=False, sample=True)
   params = variables["params"]
   return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      batch_stats=variables["batch_stats"],
-      opt_state=tx.init(params),
-      bad_step=jnp.full((), -1, jnp.int32),
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=variables["batch_stats"],
+    opt_state=tx.init(params),
+    bad_step=jnp.full((), -1, jnp.int32),
   )
 
 
@@ -146,13 +144,13 @@ def augmented_inputs(config, rng, batch):
   hw = image_hw(config)
   if config.augment.enabled:
     return augment.augment(
-        rng,
-        batch["image"],
-        batch["vms"],
-        hw,
-        max_shift=config.augment.max_shift,
-        zoom_range=config.augment.zoom_range,
-        flip=config.augment.flip,
+      rng,
+      batch["image"],
+      batch["vms"],
+      hw,
+      max_shift=config.augment.max_shift,
+      zoom_range=config.augment.zoom_range,
+      flip=config.augment.flip,
     )
   ident = augment.identity(batch["image"].shape[0])
   return augment.warp(batch["image"], ident, hw), augment.warp(batch["vms"], ident, hw)
@@ -163,6 +161,18 @@ def encode(config, encoder: vgg16.VGG16Trunk, enc_params, image):
   x = vgg16.preprocess(image, config.model.encoder.preprocessing)
   feats = encoder.apply({"params": enc_params}, x.astype(encoder.dtype))
   return jax.lax.stop_gradient(feats.astype(jnp.float32))  # (B, H/32, W/32, 512)
+
+
+def kl_weight(config, step: jnp.ndarray) -> jnp.ndarray:
+  """beta, ramped linearly from 0 over the first `loss.kl_warmup_steps` steps.
+
+  A warm-up keeps the KL term from closing the latent before the decoder has learnt
+  to use it (posterior collapse: the model then draws the mean map for every image).
+  """
+  warm = config.loss.kl_warmup_steps
+  if warm <= 0:
+    return jnp.asarray(config.loss.beta, jnp.float32)
+  return config.loss.beta * jnp.minimum(1.0, step.astype(jnp.float32) / warm)
 
 
 def make_train_step(config, model, tx, encoder):
@@ -176,22 +186,22 @@ def make_train_step(config, model, tx, encoder):
 
     def loss_fn(params):
       (logits, mu, logvar), updates = model.apply(
-          {"params": params, "batch_stats": state.batch_stats},
-          feats,
-          train=True,
-          sample=True,
-          rngs={"latent": k_latent},
-          mutable=["batch_stats"],
+        {"params": params, "batch_stats": state.batch_stats},
+        feats,
+        train=True,
+        sample=True,
+        rngs={"latent": k_latent},
+        mutable=["batch_stats"],
       )
       loss, terms = losses.total_loss(
-          logits,
-          vms,
-          mu,
-          logvar,
-          params,
-          kind=config.loss.reconstruction,
-          beta=config.loss.beta,
-          l2=config.loss.l2,
+        logits,
+        vms,
+        mu,
+        logvar,
+        params,
+        kind=config.loss.reconstruction,
+        beta=kl_weight(config, state.step),
+        l2=config.loss.l2,
       )
       return loss, (terms, updates["batch_stats"])
 
@@ -205,13 +215,13 @@ def make_train_step(config, model, tx, encoder):
       return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
     new_state = TrainState(
-        step=state.step + 1,
-        params=keep_good(new_params, state.params),
-        batch_stats=keep_good(new_stats, state.batch_stats),
-        opt_state=keep_good(new_opt, state.opt_state),
-        bad_step=jnp.where((state.bad_step < 0) & ~ok, state.step, state.bad_step),
+      step=state.step + 1,
+      params=keep_good(new_params, state.params),
+      batch_stats=keep_good(new_stats, state.batch_stats),
+      opt_state=keep_good(new_opt, state.opt_state),
+      bad_step=jnp.where((state.bad_step < 0) & ~ok, state.step, state.bad_step),
     )
-    metrics = dict(terms, grad_norm=grad_norm)
+    metrics = dict(terms, grad_norm=grad_norm, beta=kl_weight(config, state.step))
     return new_state, metrics
 
   return step
@@ -230,10 +240,10 @@ def shardings(mesh: Mesh) -> tuple[NamedSharding, NamedSharding]:
 def jit_train_step(config, model, tx, encoder, mesh: Mesh):
   repl, split = shardings(mesh)
   return jax.jit(
-      make_train_step(config, model, tx, encoder),
-      in_shardings=(repl, repl, split, repl),
-      out_shardings=(repl, repl),
-      donate_argnums=(0,),
+    make_train_step(config, model, tx, encoder),
+    in_shardings=(repl, repl, split, repl),
+    out_shardings=(repl, repl),
+    donate_argnums=(0,),
   )
 
 
@@ -247,17 +257,17 @@ def device_batch(batch: dict, split: NamedSharding, keys=("image", "vms")) -> di
 
 def checkpoint_manager(workdir: Path, config) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-      (workdir / "checkpoints").absolute(),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint.keep, create=True),
+    (workdir / "checkpoints").absolute(),
+    options=ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint.keep, create=True),
   )
 
 
 def save(mngr: ocp.CheckpointManager, state: TrainState, meta: dict) -> None:
   step = int(state.step)
   mngr.save(
-      step,
-      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-      force=True,
+    step,
+    args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+    force=True,
   )
 
 
@@ -266,14 +276,16 @@ def restore(mngr: ocp.CheckpointManager, step: int, target: TrainState) -> tuple
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   try:
     out = mngr.restore(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()),
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+      ),
     )
   except Exception as e:  # orbax raises many types for a damaged or foreign checkpoint
     raise VMSError(
-        f"checkpoint {step} in {mngr.directory} cannot be restored ({type(e).__name__}: "
-        f"{str(e).splitlines()[0] if str(e) else ''}); delete that step's folder to fall back "
-        "to an earlier one, or use a new --workdir"
+      f"checkpoint {step} in {mngr.directory} cannot be restored ({type(e).__name__}: "
+      f"{str(e).splitlines()[0] if str(e) else ''}); delete that step's folder to fall back "
+      "to an earlier one, or use a new --workdir"
     ) from e
   return out["state"], dict(out["meta"])
 
@@ -288,8 +300,8 @@ def check_workdir_config(workdir: Path, config) -> None:
   if diffs:
     shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
     raise VMSError(
-        f"workdir {workdir} holds a run with a different config ({shown}); "
-        "use a new --workdir, or rerun with the saved config.json's values"
+      f"workdir {workdir} holds a run with a different config ({shown}); "
+      "use a new --workdir, or rerun with the saved config.json's values"
     )
 
 
@@ -300,7 +312,9 @@ def prepare_workdir(workdir: Path) -> None:
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:
-    raise VMSError(f"workdir {workdir} is not writable ({e.strerror}); choose another --workdir") from e
+    raise VMSError(
+      f"workdir {workdir} is not writable ({e.strerror}); choose another --workdir"
+    ) from e
 
 
 def truncate_metrics(workdir: Path, step: int) -> None:
@@ -340,8 +354,8 @@ class Progress:
     width = 24
     filled = int(width * step / max(self.total, 1))
     line = (
-        f"[{'#' * filled}{'.' * (width - filled)}] step {step}/{self.total}"
-        f" {sps:.2f} steps/s {sps * self.batch:.1f} img/s ETA {eta_s}{loss_s}"
+      f"[{'#' * filled}{'.' * (width - filled)}] step {step}/{self.total}"
+      f" {sps:.2f} steps/s {sps * self.batch:.1f} img/s ETA {eta_s}{loss_s}"
     )
     if self.tty:
       sys.stderr.write("\r" + line)
@@ -366,8 +380,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   n_dev = jax.device_count()
   if config.train.batch_size % n_dev:
     raise VMSError(
-        f"invalid config value train.batch_size={config.train.batch_size}: must be divisible "
-        f"by the number of devices ({n_dev})"
+      f"invalid config value train.batch_size={config.train.batch_size}: must be divisible "
+      f"by the number of devices ({n_dev})"
     )
   data_dir = config.data.data_dir
   if not pipeline.is_built(config.data.name, data_dir):
@@ -390,8 +404,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     state, meta = restore(mngr, latest, state)
     if meta.get("config_fingerprint") != fp:
       raise VMSError(
-          f"checkpoint {latest} in {workdir} was made with a different config "
-          f"(fingerprint {meta.get('config_fingerprint')} != {fp}); use a new --workdir"
+        f"checkpoint {latest} in {workdir} was made with a different config "
+        f"(fingerprint {meta.get('config_fingerprint')} != {fp}); use a new --workdir"
       )
     truncate_metrics(workdir, latest)
     print(f"resuming from checkpoint {latest} in {workdir}", file=sys.stderr)
@@ -406,12 +420,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   writer = records.MetricWriter(workdir)
   progress = Progress(total, config.train.batch_size, start, config.log.progress)
   batches = pipeline.train_batches(
-      source,
-      config.train.batch_size,
-      seed=config.seed,
-      start_step=start,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
+    source,
+    config.train.batch_size,
+    seed=config.seed,
+    start_step=start,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
   )
   meta = {"config_fingerprint": fp, "dataset": config.data.name}
   last_saved = latest
@@ -451,13 +465,13 @@ def _check_finite(state: TrainState, workdir: Path, last_saved: int | None) -> N
   bad = int(state.bad_step)
   if bad >= 0:
     kept = (
-        f"the last good checkpoint is step {last_saved}"
-        if last_saved is not None
-        else "no checkpoint was written"
+      f"the last good checkpoint is step {last_saved}"
+      if last_saved is not None
+      else "no checkpoint was written"
     )
     raise VMSError(
-        f"loss or gradients became NaN/Inf at step {bad + 1}; training stopped and {kept} "
-        f"in {workdir}; lower optim.learning_rate or check the data"
+      f"loss or gradients became NaN/Inf at step {bad + 1}; training stopped and {kept} "
+      f"in {workdir}; lower optim.learning_rate or check the data"
     )
 
 

@@ -12,7 +12,7 @@ from vmsjax.errors import VMSError
 def load_trunk(path: str, preprocessing: str):
   """Loads VGG-16 trunk params from `path`. Not available in this version."""
   raise VMSError(
-      f"cannot load VGG-16 weights from {path}: loading .h5/.pth weights is not part of this "
-      "vmsjax version yet; leave model.encoder.weights empty and set "
-      "model.encoder.allow_random=true to train on a random frozen trunk"
+    f"cannot load VGG-16 weights from {path}: loading .h5/.pth weights is not part of this "
+    "vmsjax version yet; leave model.encoder.weights empty and set "
+    "model.encoder.allow_random=true to train on a random frozen trunk"
   )

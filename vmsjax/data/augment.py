@@ -18,7 +18,9 @@ import jax.numpy as jnp
 SHIFT_X, SHIFT_Y, ZOOM, FLIP = 0, 1, 2, 3
 
 
-def draw(rng: jax.Array, batch: int, max_shift: float, zoom_range: float, flip: bool) -> jnp.ndarray:
+def draw(
+  rng: jax.Array, batch: int, max_shift: float, zoom_range: float, flip: bool
+) -> jnp.ndarray:
   """Samples (batch, 4) transform parameters: shift_x, shift_y, zoom, flip (0. or 1.)."""
   k_shift, k_zoom, k_flip = jax.random.split(rng, 3)
   shift = jax.random.uniform(k_shift, (batch, 2), minval=-max_shift, maxval=max_shift)
@@ -68,14 +70,14 @@ def warp(x: jnp.ndarray, params: jnp.ndarray, out_hw: tuple[int, int]) -> jnp.nd
 
 
 def augment(
-    rng: jax.Array,
-    image: jnp.ndarray,
-    vms: jnp.ndarray,
-    out_hw: tuple[int, int],
-    *,
-    max_shift: float,
-    zoom_range: float,
-    flip: bool,
+  rng: jax.Array,
+  image: jnp.ndarray,
+  vms: jnp.ndarray,
+  out_hw: tuple[int, int],
+  *,
+  max_shift: float,
+  zoom_range: float,
+  flip: bool,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Draws one transform per example and applies it to the image and its map.
 

@@ -61,15 +61,15 @@ class Decoder(nn.Module):
       last = i == len(widths) - 1
       norm = self.output_batchnorm or not last
       x = nn.ConvTranspose(
-          width,
-          (self.kernel, self.kernel),
-          strides=(2, 2),
-          padding="SAME",
-          # No bias before a batch norm: it subtracts any constant, so a bias would only
-          # receive rounding-noise gradients, which Adam amplifies to full steps.
-          use_bias=not norm,
-          dtype=self.dtype,
-          name=f"deconv{i + 1}",
+        width,
+        (self.kernel, self.kernel),
+        strides=(2, 2),
+        padding="SAME",
+        # No bias before a batch norm: it subtracts any constant, so a bias would only
+        # receive rounding-noise gradients, which Adam amplifies to full steps.
+        use_bias=not norm,
+        dtype=self.dtype,
+        name=f"deconv{i + 1}",
       )(x)  # doubles H and W
       # Batch norm after every convolution (paper §5.1). On the output layer it is off
       # by default: it pins the logits to zero mean and unit variance over the batch,
@@ -77,11 +77,11 @@ class Decoder(nn.Module):
       # the mostly-empty maps' background down (~-3 logits: 30k steps at lr 1e-4).
       if norm:
         x = nn.BatchNorm(
-            use_running_average=not train,
-            momentum=0.99,
-            epsilon=1e-3,
-            dtype=self.dtype,
-            name=f"bn{i + 1}",
+          use_running_average=not train,
+          momentum=0.99,
+          epsilon=1e-3,
+          dtype=self.dtype,
+          name=f"bn{i + 1}",
         )(x)
       if not last:
         x = nn.relu(x)
@@ -106,11 +106,11 @@ class VMSVAE(nn.Module):
   def setup(self):
     self.head = LatentHead(self.dense, self.latent, dtype=self.dtype)
     self.decoder = Decoder(
-        self.out_hw, self.channels, self.kernel, self.output_batchnorm, dtype=self.dtype
+      self.out_hw, self.channels, self.kernel, self.output_batchnorm, dtype=self.dtype
     )
 
   def __call__(
-      self, features: jnp.ndarray, *, train: bool, sample: bool
+    self, features: jnp.ndarray, *, train: bool, sample: bool
   ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     mu, logvar = self.head(features)  # (B, m) each
     if sample:
@@ -126,6 +126,6 @@ def check_image_size(height: int, width: int) -> None:
   """Raises ValueError unless both sides are positive multiples of the trunk's stride."""
   if height <= 0 or width <= 0 or height % vgg16.STRIDE or width % vgg16.STRIDE:
     raise ValueError(
-        f"image size {height}x{width} is not a multiple of {vgg16.STRIDE}: the VGG-16 "
-        f"trunk downsamples by {vgg16.STRIDE} and the decoder upsamples by 2**{N_UPSAMPLE}"
+      f"image size {height}x{width} is not a multiple of {vgg16.STRIDE}: the VGG-16 "
+      f"trunk downsamples by {vgg16.STRIDE} and the decoder upsamples by 2**{N_UPSAMPLE}"
     )

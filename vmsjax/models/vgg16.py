@@ -14,14 +14,14 @@ import jax.numpy as jnp
 
 # (block, number of convolutions, channels) of VGG-16 "configuration D".
 BLOCKS: tuple[tuple[int, int, int], ...] = (
-    (1, 2, 64),
-    (2, 2, 128),
-    (3, 3, 256),
-    (4, 3, 512),
-    (5, 3, 512),
+  (1, 2, 64),
+  (2, 2, 128),
+  (3, 3, 256),
+  (4, 3, 512),
+  (5, 3, 512),
 )
 LAYER_NAMES: tuple[str, ...] = tuple(
-    f"block{b}_conv{i}" for b, n, _ in BLOCKS for i in range(1, n + 1)
+  f"block{b}_conv{i}" for b, n, _ in BLOCKS for i in range(1, n + 1)
 )
 FEATURES = 512  # channels of the trunk's output
 STRIDE = 32  # total downsampling of the trunk
@@ -48,9 +48,7 @@ def preprocess(images: jnp.ndarray, mode: str) -> jnp.ndarray:
   if mode == "caffe":
     return x[..., ::-1] - jnp.asarray(CAFFE_BGR_MEAN, jnp.float32)
   if mode == "torch":
-    return (x / 255.0 - jnp.asarray(TORCH_MEAN, jnp.float32)) / jnp.asarray(
-        TORCH_STD, jnp.float32
-    )
+    return (x / 255.0 - jnp.asarray(TORCH_MEAN, jnp.float32)) / jnp.asarray(TORCH_STD, jnp.float32)
   raise ValueError(f"unknown VGG-16 preprocessing {mode!r}; expected one of {PREPROCESSING}")
 
 
@@ -69,14 +67,14 @@ class VGG16Trunk(nn.Module):
     for block, n_conv, channels in self.blocks:
       for i in range(1, n_conv + 1):
         x = nn.Conv(
-            channels,
-            (3, 3),
-            padding="SAME",
-            dtype=self.dtype,
-            # He init keeps activations at a steady scale through 13 ReLU layers, so a
-            # randomly initialised (frozen) trunk still passes a usable signal.
-            kernel_init=nn.initializers.he_normal(),
-            name=f"block{block}_conv{i}",
+          channels,
+          (3, 3),
+          padding="SAME",
+          dtype=self.dtype,
+          # He init keeps activations at a steady scale through 13 ReLU layers, so a
+          # randomly initialised (frozen) trunk still passes a usable signal.
+          kernel_init=nn.initializers.he_normal(),
+          name=f"block{block}_conv{i}",
         )(x)
         x = nn.relu(x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2))  # halves H and W

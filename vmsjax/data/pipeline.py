@@ -1,0 +1,422 @@
+"""Building datasets, opening their splits, and the grain input pipeline.
+
+Datasets are TFDS builders written as array_record files and read back without
+TensorFlow through `builder.as_data_source(split)`. A split is opened as a
+`SplitSource`: random access to dicts of numpy values.
+
+Training order (`train_batches`): epoch e is a fresh permutation of the split,
+drawn from numpy's PCG64 seeded with (seed, e); the stream is the concatenation
+of the epochs' permutations and global batch k is its slice [k*B, (k+1)*B). Batches
+straddle epoch boundaries when B does not divide the split size (with 640 examples
+and B = 32 an epoch is exactly 20 steps). So batch k is a pure function of
+(source, seed, k, process_index, process_count): a run resumed at step k reads
+exactly what it would have read had it never stopped. With several processes,
+process p reads only its part [p*b, (p+1)*b) of each global batch, b = B / P.
+The order is numpy index arithmetic; reading, decoding and stacking are grain
+`MapDataset` maps, indexed by step (no iterator state to checkpoint: the step is
+the state).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import itertools
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from vmsjax.errors import VMSError
+
+Batch = dict[str, Any]
+
+# Name on the command line -> (module, builder class). Imported lazily: tfds is
+# slow to import and the model code never needs it.
+_BUILDERS: dict[str, tuple[str, str]] = {
+  "synthetic": ("vmsjax.data.synthetic", "VmsSynthetic"),
+}
+# Keys stacked into batches, when the dataset has them; `id` stays a list of str.
+_ARRAY_KEYS: dict[str, type] = {
+  "image": np.uint8,
+  "vms": np.float32,
+  "category": np.int32,
+  "score": np.float32,
+}
+# Stands in for "forever": grain datasets have a length, and 2**62 elements is
+# more than any run reads.
+_STREAM_LENGTH = 2**62
+_FINGERPRINT_RECORDS = 1024  # per split; bounds the cost on large datasets
+
+
+def dataset_names() -> tuple[str, ...]:
+  """Returns the names `build`, `open_split` and friends accept."""
+  return tuple(_BUILDERS)
+
+
+def _builder(name: str, data_dir: str):
+  """Returns the TFDS builder of dataset `name` rooted at `data_dir`."""
+  if name not in _BUILDERS:
+    raise VMSError(f"unknown dataset {name!r}; valid names: {', '.join(_BUILDERS)}")
+  module_name, class_name = _BUILDERS[name]
+  builder_class = getattr(importlib.import_module(module_name), class_name)
+  return builder_class(data_dir=os.path.expanduser(os.fspath(data_dir)))
+
+
+def _prepared_builder(name: str, data_dir: str):
+  builder = _builder(name, data_dir)
+  if not builder.is_prepared():
+    raise VMSError(
+      f"dataset {name!r} is not built in {data_dir} (looked for {builder.data_path}); "
+      f"run `vmsjax data build {name} --data_dir {data_dir}`"
+    )
+  return builder
+
+
+def build(name: str, data_dir: str) -> None:
+  """Builds dataset `name` into `data_dir` as array_record files (no-op if built).
+
+  Args:
+    name: one of `dataset_names()`.
+    data_dir: the TFDS data directory; created if missing.
+
+  Raises:
+    VMSError: unknown dataset name.
+  """
+  _builder(name, data_dir).download_and_prepare(file_format="array_record")
+
+
+def is_built(name: str, data_dir: str) -> bool:
+  """Returns whether dataset `name` is fully built in `data_dir`.
+
+  Raises:
+    VMSError: unknown dataset name.
+  """
+  return bool(_builder(name, data_dir).is_prepared())
+
+
+def _to_numpy(record: dict[str, Any]) -> dict[str, Any]:
+  """Normalises a decoded tfds record: numpy arrays, Python ints, `id` as str."""
+  example = {}
+  for key, value in record.items():
+    if isinstance(value, bytes):
+      example[key] = value.decode("utf-8")
+    elif isinstance(value, np.ndarray) and value.ndim > 0:
+      example[key] = value
+    elif isinstance(value, (float, np.floating)):
+      example[key] = float(value)
+    else:
+      example[key] = int(value)
+  return example
+
+
+class SplitSource(Sequence):
+  """Random access to one split of a built dataset.
+
+  Items are dicts: `image` uint8 (224, 224, 3), `vms` float32 (224, 224, 2) where
+  the dataset has maps, `category`, `category_mid`, `category_top` (int), `id`
+  (str), `score` (float) where the dataset has one. Record order is the file
+  order, which tfds shuffles at build time: sort by `ids()` for a fixed order.
+  """
+
+  def __init__(self, builder, split: str, name: str):
+    import tensorflow_datasets as tfds
+
+    self.name = name
+    self.split = split
+    self._records = builder.as_data_source(split)
+    # A second view that leaves images encoded: listing the ids of a split then
+    # costs no image decoding.
+    self._light = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+    self._ids: tuple[str, ...] | None = None
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
+    if not -len(self) <= index < len(self):
+      raise IndexError(f"index {index} out of range for {self.name}/{self.split}")
+    try:
+      record = self._records[index % len(self)]
+    except (ValueError, TypeError, KeyError) as e:
+      # Typically a dataset written by another version of the builder's schema.
+      raise VMSError(
+        f"record {index} of {self.name}/{self.split} cannot be decoded ({e}); the files "
+        f"may come from another vmsjax version: rebuild with `vmsjax data build {self.name}`"
+        " into an empty --data_dir"
+      ) from e
+    return _to_numpy(record)
+
+  def ids(self) -> tuple[str, ...]:
+    """Returns the ids of the records, in record order."""
+    if self._ids is None:
+      self._ids = tuple(self._light[i]["id"].decode("utf-8") for i in range(len(self)))
+    return self._ids
+
+  def __repr__(self) -> str:
+    return f"SplitSource({self.name}/{self.split}, {len(self)} examples)"
+
+
+def open_split(name: str, split: str, data_dir: str) -> SplitSource:
+  """Opens one split of a built dataset for random access.
+
+  Args:
+    name: one of `dataset_names()`.
+    split: a split of that dataset, e.g. "train" or "test".
+    data_dir: the TFDS data directory it was built into.
+
+  Returns:
+    A `SplitSource` (see its docstring for the items).
+
+  Raises:
+    VMSError: unknown dataset, dataset not built in `data_dir` (the message gives
+      the build command), or unknown split.
+  """
+  builder = _prepared_builder(name, data_dir)
+  splits = list(builder.info.splits)
+  if split not in splits:
+    raise VMSError(f"dataset {name!r} has no split {split!r}; splits: {', '.join(splits)}")
+  return SplitSource(builder, split, name)
+
+
+def num_examples(source: Sequence) -> int:
+  """Returns the number of examples of a source."""
+  return len(source)
+
+
+def _update_with_record(digest: Any, record: dict[str, Any]) -> None:
+  """Feeds one record to a hash, in a canonical form (keys sorted, arrays with dtype)."""
+  for key in sorted(record):
+    value = record[key]
+    digest.update(key.encode() + b"=")
+    if isinstance(value, np.ndarray):
+      digest.update(f"{value.dtype.str}{value.shape}".encode())
+      digest.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, bytes):
+      digest.update(value)
+    else:
+      digest.update(repr(value).encode())
+    digest.update(b";")
+
+
+def _fingerprint(builder) -> str:
+  """Returns a sha256 hex digest of a built dataset's schema, sizes and content."""
+  import tensorflow_datasets as tfds
+
+  digest = hashlib.sha256()
+  config = getattr(builder.builder_config, "name", None)
+  digest.update(f"{builder.name}/{config}/{builder.version}\n".encode())
+  for key, info in sorted(builder.info.features.get_tensor_info().items()):
+    digest.update(f"{key}:{np.dtype(info.np_dtype).str}{info.shape}\n".encode())
+  for key, feature in sorted(builder.info.features.items()):
+    if isinstance(feature, tfds.features.ClassLabel):
+      digest.update(f"{key}:{','.join(feature.names)}\n".encode())
+  for split, info in sorted(builder.info.splits.items()):
+    digest.update(f"{split}:{info.num_examples}:{info.num_bytes}\n".encode())
+    # Records, not files: tfds serialises a record's features in hash order, so
+    # the files' bytes and sizes differ from one build of the same data to the
+    # next, while the decoded values (and the record order) do not. Images stay
+    # encoded, which keeps this at about 1 ms a record.
+    records = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+    count = len(records)
+    for index in np.unique(np.linspace(0, count - 1, min(count, _FINGERPRINT_RECORDS), dtype=int)):
+      _update_with_record(digest, records[int(index)])
+  return digest.hexdigest()
+
+
+def dataset_record(name: str, data_dir: str) -> dict[str, Any]:
+  """Describes a built dataset for a run's records, so a run can tell its data changed.
+
+  The fingerprint is a sha256 over the builder name, config and version, the
+  feature shapes and dtypes, the class names, each split's number of examples and
+  bytes, and the decoded content of up to 1024 records per split, evenly spaced
+  in file order (so all of them for VISCHEMA-sized sets). Two builds of the same
+  data give the same fingerprint, though their files differ byte for byte.
+
+  Returns:
+    A JSON-serialisable dict: name, builder, version, config, data_dir,
+    num_examples (per split), file_format, fingerprint.
+
+  Raises:
+    VMSError: unknown dataset, or not built in `data_dir`.
+  """
+  builder = _prepared_builder(name, data_dir)
+  return {
+    "name": name,
+    "builder": builder.name,
+    "version": str(builder.version),
+    "config": builder.builder_config.name if builder.builder_config else None,
+    "data_dir": str(builder.data_path),
+    "num_examples": {split: int(info.num_examples) for split, info in builder.info.splits.items()},
+    "file_format": "array_record",
+    "fingerprint": _fingerprint(builder),
+  }
+
+
+def describe(name: str, data_dir: str) -> str:
+  """Returns a few lines on a built dataset, for `vmsjax data build` / `data info`.
+
+  Raises:
+    VMSError: unknown dataset, or not built in `data_dir`.
+  """
+  record = dataset_record(name, data_dir)
+  lines = [
+    f"{name}: {record['builder']}/{record['config']} {record['version']} in {record['data_dir']}"
+  ]
+  lines += [f"  {split}: {count} examples" for split, count in record["num_examples"].items()]
+  lines.append(f"  fingerprint: {record['fingerprint']}")
+  return "\n".join(lines)
+
+
+def _example_arrays(example: dict[str, Any]) -> dict[str, Any]:
+  """Keeps the fields that go into batches, with their batch dtypes."""
+  out: dict[str, Any] = {
+    key: np.asarray(example[key], dtype) for key, dtype in _ARRAY_KEYS.items() if key in example
+  }
+  if "id" in example:
+    out["id"] = example["id"]
+  return out
+
+
+def _train_arrays(example: dict[str, Any]) -> dict[str, Any]:
+  arrays = _example_arrays(example)
+  arrays.pop("id", None)  # not needed on the device, and not an array
+  return arrays
+
+
+def _stack(examples: Sequence[dict[str, Any]]) -> Batch:
+  """Stacks examples into a batch; `id`, being text, stays a list."""
+  batch: Batch = {}
+  for key in examples[0]:
+    values = [example[key] for example in examples]
+    batch[key] = values if key == "id" else np.stack(values)
+  return batch
+
+
+class _EpochOrder:
+  """Maps a position in the concatenated per-epoch permutations to a record index."""
+
+  def __init__(self, size: int, seed: int):
+    self._size = size
+    self._seed = seed
+    self._cache: dict[int, np.ndarray] = {}  # the epochs the last batch touched
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    if epoch not in self._cache:
+      if len(self._cache) >= 2:  # a batch spans at most a few epochs; keep memory flat
+        self._cache.pop(next(iter(self._cache)))
+      # Seeded by (seed, epoch) as a sequence: unlike seed + epoch, runs with
+      # neighbouring seeds never share an epoch's order.
+      self._cache[epoch] = np.random.default_rng([self._seed, epoch]).permutation(self._size)
+    return self._cache[epoch]
+
+  def __call__(self, position: int) -> int:
+    epoch, offset = divmod(position, self._size)
+    return int(self._permutation(epoch)[offset])
+
+
+def _check_positive(value: int, what: str) -> None:
+  if value < 1:
+    raise VMSError(f"{what} must be a positive integer, got {value}")
+
+
+def train_batches(
+  source: Sequence,
+  batch_size: int,
+  seed: int,
+  start_step: int = 0,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> Iterator[Batch]:
+  """Yields this process's training batches forever, starting at step `start_step`.
+
+  Batch k is a pure function of (source, seed, k, process_index, process_count):
+  see the module docstring for the order. `train_batches(..., start_step=k)` yields
+  first exactly what the (k+1)-th `next()` of a stream started at 0 yields.
+
+  Args:
+    source: random-access examples (a `SplitSource`, or any sequence of dicts).
+    batch_size: the global batch size B, summed over processes.
+    seed: the data-order seed (>= 0).
+    start_step: the step of the first batch to yield.
+    process_index: this process, 0 <= process_index < process_count.
+    process_count: the number of processes; must divide `batch_size`.
+
+  Yields:
+    Dicts of stacked numpy arrays with b = B / process_count rows: `image` uint8
+    (b, 224, 224, 3), `vms` float32 (b, 224, 224, 2), `category` int32 (b,), and
+    `score` float32 (b,) for datasets that have one.
+
+  Raises:
+    VMSError: empty source, or bad batch size, seed, step or process arguments.
+  """
+  _check_positive(batch_size, "batch_size")
+  _check_positive(process_count, "process_count")
+  if batch_size % process_count:
+    raise VMSError(
+      f"batch_size {batch_size} is not divisible by the number of "
+      f"processes {process_count}; choose a multiple of {process_count}"
+    )
+  if not 0 <= process_index < process_count:
+    raise VMSError(f"process_index {process_index} not in [0, {process_count})")
+  if seed < 0 or start_step < 0:
+    raise VMSError(f"seed and start_step must be >= 0, got seed={seed}, start_step={start_step}")
+  if len(source) == 0:
+    raise VMSError(f"cannot train on an empty source: {source!r}")
+
+  local = batch_size // process_count
+  order = _EpochOrder(len(source), seed)
+  records = grain.MapDataset.source(source)
+
+  def record_of(element: int) -> dict[str, Any]:
+    # Element j of this process's stream is row j % b of its batch j // b,
+    # i.e. global position (j // b) * B + p * b + j % b.
+    step, row = divmod(element, local)
+    return records[order(step * batch_size + process_index * local + row)]
+
+  # Random access all the way: indexing `batches` at k reads only batch k.
+  batches = (
+    grain.MapDataset.range(_STREAM_LENGTH)
+    .map(record_of)
+    .map(_train_arrays)
+    .batch(local, batch_fn=_stack)
+  )
+  for step in itertools.count(start_step):
+    yield batches[step]
+
+
+def _record_ids(source: Sequence) -> Sequence[str]:
+  ids: Callable[[], Sequence[str]] | None = getattr(source, "ids", None)
+  if ids is not None:
+    return ids()
+  return [source[i]["id"] for i in range(len(source))]
+
+
+def eval_batches(source: Sequence, batch_size: int) -> Iterator[Batch]:
+  """Yields the whole split once, in a fixed order (sorted by id).
+
+  Args:
+    source: random-access examples (a `SplitSource`, or any sequence of dicts
+      with an `id`).
+    batch_size: rows per batch; the last batch may be smaller.
+
+  Yields:
+    Dicts like those of `train_batches`, plus `id`: the list of the rows' ids.
+
+  Raises:
+    VMSError: bad batch size.
+  """
+  _check_positive(batch_size, "batch_size")
+  ids = _record_ids(source)
+  order = sorted(range(len(source)), key=ids.__getitem__)
+  records = grain.MapDataset.source(source)
+  batches = (
+    grain.MapDataset.source(order)
+    .map(lambda index: records[index])
+    .map(_example_arrays)
+    .batch(batch_size, batch_fn=_stack)
+  )
+  for k in range(len(batches)):
+    yield batches[k]
