@@ -163,5 +163,5 @@ def markdown_table(report: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def print_report(report: dict, file=sys.stdout) -> None:
-  print(markdown_table(report), file=file)
+def print_report(report: dict, file=None) -> None:
+  print(markdown_table(report), file=file or sys.stdout)
