@@ -4,6 +4,7 @@
   vmsjax evaluate --workdir DIR [--split test] [--checkpoint STEP]
   vmsjax data build NAME [--data_dir DIR]
   vmsjax data info NAME [--data_dir DIR]
+  vmsjax convert-vgg16 SRC OUT.npz
 
 A VMSError (something the user can fix) is printed on one line and exits with 2.
 """
@@ -46,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
   i = dsub.add_parser("info", help="examples per split and per category")
   i.add_argument("name")
   i.add_argument("--data_dir", default="data")
+
+  c = sub.add_parser(
+    "convert-vgg16",
+    help="check VGG-16 weights (Keras .h5, torchvision .pth) and write them as .npz",
+  )
+  c.add_argument("src", help="Keras .h5 or torchvision .pth (or a .npz to re-check)")
+  c.add_argument("out", help="the .npz to write")
   return p
 
 
@@ -93,6 +101,15 @@ def run(argv: list[str]) -> int:
     if args.data_command == "info":
       print(pipeline.describe(args.name, args.data_dir))
       return 0
+  if args.command == "convert-vgg16":
+    from vmsjax import weights
+
+    w = weights.convert(args.src, args.out)
+    print(
+      f"wrote {args.out}: VGG-16 trunk from {w.source} ({w.known or 'not an official file'}), "
+      f"preprocessing={w.preprocessing}"
+    )
+    return 0
   return 2
 
 

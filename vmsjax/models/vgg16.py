@@ -8,9 +8,13 @@ and five 2x2 max-pools: an (H, W) image becomes an (H/32, W/32, 512) feature map
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+if TYPE_CHECKING:  # vmsjax.weights imports this module; only the type is needed here
+  from vmsjax.weights import VGGWeights
 
 # (block, number of convolutions, channels) of VGG-16 "configuration D".
 BLOCKS: tuple[tuple[int, int, int], ...] = (
@@ -79,3 +83,20 @@ class VGG16Trunk(nn.Module):
         x = nn.relu(x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2))  # halves H and W
     return x  # (B, H/32, W/32, 512)
+
+
+def features(weights: VGGWeights, images_uint8: jnp.ndarray) -> jnp.ndarray:
+  """Trunk features of RGB images, preprocessed the way `weights` were trained.
+
+  The preprocessing comes from the weights themselves, so Keras weights always see Caffe
+  input and torchvision weights torch input.
+
+  Args:
+    weights: loaded by `vmsjax.weights.load_vgg16`.
+    images_uint8: (B, H, W, 3) RGB on the 0-255 scale (uint8 or float).
+
+  Returns:
+    (B, H/32, W/32, 512) float32.
+  """
+  x = preprocess(jnp.asarray(images_uint8), weights.preprocessing)
+  return VGG16Trunk().apply({"params": weights.params}, x)
