@@ -38,7 +38,8 @@ def test_train_then_evaluate(tmp_path, synthetic_data_dir, capsys, monkeypatch):
 
   acc = event_accumulator.EventAccumulator(str(work / "tb"))
   acc.Reload()
-  assert {"train/loss", "train/kl", "train/reconstruction", "train/l2"} <= set(acc.Tags()["scalars"])
+  tags = set(acc.Tags()["scalars"])
+  assert {"train/loss", "train/kl", "train/reconstruction", "train/l2"} <= tags
   tb_loss = [e.value for e in acc.Scalars("train/loss")]
   np.testing.assert_allclose(tb_loss, [r["loss"] for r in lines], rtol=1e-6)
 
