@@ -295,7 +295,12 @@ def check_workdir_config(workdir: Path, config) -> None:
   path = workdir / "config.json"
   if not path.exists():
     return
-  saved = json.loads(path.read_text())
+  try:
+    saved = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise VMSError(
+        f"{path} is not valid JSON ({e}); the workdir's records are damaged: use a new --workdir"
+    ) from e
   diffs = config_lib.differences(saved, config)
   if diffs:
     shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
