@@ -215,6 +215,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.log.every_steps > 0, "log.every_steps", "must be > 0")
 
 
+def read_saved(workdir: Path) -> dict | None:
+  """The config a run saved in `workdir/config.json`, or None if there is none."""
+  path = Path(workdir) / "config.json"
+  if not path.exists():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise VMSError(
+      f"{path} is not valid JSON ({e}); the workdir's records are damaged: use a new --workdir"
+    ) from e
+
+
 def total_steps(config: ml_collections.ConfigDict) -> int:
   return int(config.train.epochs * config.train.steps_per_epoch)
 

@@ -12,7 +12,6 @@ baseline, so beating it is a conservative result.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -20,21 +19,19 @@ import jax
 import ml_collections
 import numpy as np
 
+from vmsjax import config as config_lib
 from vmsjax import metrics, records
 from vmsjax import train as train_lib
-from vmsjax.data import augment
 from vmsjax.errors import VMSError
 
 
 def load_config(workdir: Path) -> ml_collections.ConfigDict:
-  path = workdir / "config.json"
-  if not path.exists():
-    raise VMSError(f"{path} not found: {workdir} is not a vmsjax training workdir")
-  try:
-    d = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise VMSError(f"{path} is not valid JSON ({e}); the workdir's records are damaged") from e
-  cfg = ml_collections.ConfigDict(d)
+  saved = config_lib.read_saved(workdir)
+  if saved is None:
+    raise VMSError(
+      f"{workdir / 'config.json'} not found: {workdir} is not a vmsjax training workdir"
+    )
+  cfg = ml_collections.ConfigDict(saved)
   # JSON turns tuples into lists; the model wants tuples.
   with cfg.unlocked():
     cfg.model.decoder_channels = tuple(cfg.model.decoder_channels)
@@ -45,10 +42,7 @@ def make_predict(config, model, encoder, mesh):
   repl, split = train_lib.shardings(mesh)
 
   def predict(state, enc_params, batch):
-    ident = augment.identity(batch["image"].shape[0])
-    hw = train_lib.image_hw(config)
-    image = augment.warp(batch["image"], ident, hw)
-    vms = augment.warp(batch["vms"], ident, hw)
+    image, vms = train_lib.resized_inputs(config, batch)
     feats = train_lib.encode(config, encoder, enc_params, image)
     logits, _, _ = model.apply(
       {"params": state.params, "batch_stats": state.batch_stats}, feats, train=False, sample=False

@@ -139,21 +139,26 @@ def init_state(
   )
 
 
-def augmented_inputs(config, rng, batch):
-  """Augments (or just resizes) a batch on the device; returns image on 0-255 and maps."""
+def resized_inputs(config, batch):
+  """Resizes a stored batch to the model's input size, without augmentation."""
   hw = image_hw(config)
-  if config.augment.enabled:
-    return augment.augment(
-      rng,
-      batch["image"],
-      batch["vms"],
-      hw,
-      max_shift=config.augment.max_shift,
-      zoom_range=config.augment.zoom_range,
-      flip=config.augment.flip,
-    )
   ident = augment.identity(batch["image"].shape[0])
   return augment.warp(batch["image"], ident, hw), augment.warp(batch["vms"], ident, hw)
+
+
+def augmented_inputs(config, rng, batch):
+  """Augments (or just resizes) a batch on the device; returns image on 0-255 and maps."""
+  if not config.augment.enabled:
+    return resized_inputs(config, batch)
+  return augment.augment(
+    rng,
+    batch["image"],
+    batch["vms"],
+    image_hw(config),
+    max_shift=config.augment.max_shift,
+    zoom_range=config.augment.zoom_range,
+    flip=config.augment.flip,
+  )
 
 
 def encode(config, encoder: vgg16.VGG16Trunk, enc_params, image):
@@ -292,15 +297,9 @@ def restore(mngr: ocp.CheckpointManager, step: int, target: TrainState) -> tuple
 
 def check_workdir_config(workdir: Path, config) -> None:
   """Refuses to resume a workdir whose run was made with a different config."""
-  path = workdir / "config.json"
-  if not path.exists():
+  saved = config_lib.read_saved(workdir)
+  if saved is None:
     return
-  try:
-    saved = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise VMSError(
-        f"{path} is not valid JSON ({e}); the workdir's records are damaged: use a new --workdir"
-    ) from e
   diffs = config_lib.differences(saved, config)
   if diffs:
     shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
