@@ -30,3 +30,17 @@ def synthetic_data_dir(tmp_path_factory):
   d = tmp_path_factory.mktemp("data")
   pipeline.build("synthetic", str(d))
   return str(d)
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory, synthetic_data_dir):
+  """A workdir trained with the tiny synthetic config (12 steps, checkpoints 4, 8, 12).
+
+  Shared by every test that needs a trained model; treat it as read-only (write
+  outputs elsewhere, or copy it first).
+  """
+  from vmsjax import train
+
+  work = tmp_path_factory.mktemp("trained") / "run"
+  train.train_and_evaluate(tiny_config(**{"data.data_dir": synthetic_data_dir}), work)
+  return work

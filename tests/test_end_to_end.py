@@ -15,8 +15,14 @@ def test_train_then_evaluate(tmp_path, synthetic_data_dir, capsys, monkeypatch):
   monkeypatch.chdir(REPO)
   work = tmp_path / "run"
   code = cli.main(
-      ["train", "--config", "configs/synthetic.py:tiny", "--workdir", str(work),
-       f"--config.data.data_dir={synthetic_data_dir}"]
+    [
+      "train",
+      "--config",
+      "configs/synthetic.py:tiny",
+      "--workdir",
+      str(work),
+      f"--config.data.data_dir={synthetic_data_dir}",
+    ]
   )
   assert code == 0, capsys.readouterr().err
 

@@ -5,6 +5,7 @@
   vmsjax data build NAME [--data_dir DIR]
   vmsjax data info NAME [--data_dir DIR]
   vmsjax convert-vgg16 SRC OUT.npz
+  vmsjax <command> ...   each module of vmsjax/commands/ (predict, saliency, study, sweep ...)
 
 A VMSError (something the user can fix) is printed on one line and exits with 2.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vmsjax import commands
 from vmsjax.errors import VMSError
 
 DEFAULT_WORKDIR = "runs/synthetic"
@@ -54,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
   )
   c.add_argument("src", help="Keras .h5 or torchvision .pth (or a .npz to re-check)")
   c.add_argument("out", help="the .npz to write")
+
+  for module in commands.modules():
+    module.add_arguments(sub.add_parser(module.NAME, help=module.HELP))
   return p
 
 
@@ -101,6 +106,9 @@ def run(argv: list[str]) -> int:
     if args.data_command == "info":
       print(pipeline.describe(args.name, args.data_dir))
       return 0
+  for module in commands.modules():
+    if args.command == module.NAME:
+      return module.run(args)
   if args.command == "convert-vgg16":
     from vmsjax import weights
 

@@ -12,44 +12,16 @@ baseline, so beating it is a conservative result.
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
 import jax
-import ml_collections
 import numpy as np
 
-from vmsjax import config as config_lib
-from vmsjax import metrics, records
+from vmsjax import inference, metrics, records
 from vmsjax import train as train_lib
-from vmsjax.errors import VMSError
-
-
-def load_config(workdir: Path) -> ml_collections.ConfigDict:
-  saved = config_lib.read_saved(workdir)
-  if saved is None:
-    raise VMSError(
-      f"{workdir / 'config.json'} not found: {workdir} is not a vmsjax training workdir"
-    )
-  cfg = ml_collections.ConfigDict(saved)
-  # JSON turns tuples into lists; the model wants tuples.
-  with cfg.unlocked():
-    cfg.model.decoder_channels = tuple(cfg.model.decoder_channels)
-  return cfg
-
-
-def make_predict(config, model, encoder, mesh):
-  repl, split = train_lib.shardings(mesh)
-
-  def predict(state, enc_params, batch):
-    image, vms = train_lib.resized_inputs(config, batch)
-    feats = train_lib.encode(config, encoder, enc_params, image)
-    logits, _, _ = model.apply(
-      {"params": state.params, "batch_stats": state.batch_stats}, feats, train=False, sample=False
-    )
-    return jax.nn.sigmoid(logits), vms
-
-  return jax.jit(predict, in_shardings=(repl, repl, split), out_shardings=(split, split))
+from vmsjax.data import augment
 
 
 def evaluate(
@@ -66,43 +38,19 @@ def evaluate(
   """
   from vmsjax.data import pipeline
 
-  workdir = Path(workdir)
-  config = load_config(workdir)
+  trained = inference.load(workdir, checkpoint)
+  workdir, config, step = trained.workdir, trained.config, trained.step
   split = split or config.data.eval_split
   data_dir = data_dir or config.data.data_dir
   source = pipeline.open_split(config.data.name, split, data_dir)
 
-  model, tx, encoder = (
-    train_lib.make_model(config),
-    train_lib.make_optimizer(config),
-    train_lib.make_encoder(config),
-  )
-  mesh = train_lib.data_mesh()
-  repl, split_sh = train_lib.shardings(mesh)
-  root = jax.random.key(config.seed)
-  enc_params = jax.device_put(train_lib.encoder_params(config, root), repl)
-  state = jax.jit(lambda r: train_lib.init_state(config, model, tx, r), out_shardings=repl)(root)
-  mngr = train_lib.checkpoint_manager(workdir, config)
-  steps = mngr.all_steps()
-  if not steps:
-    raise VMSError(f"no checkpoint in {workdir / 'checkpoints'}; run vmsjax train first")
-  step = steps[-1] if checkpoint is None else checkpoint
-  if step not in steps:
-    raise VMSError(f"checkpoint {step} not in {workdir / 'checkpoints'}; available: {steps}")
-  state, _ = train_lib.restore(mngr, step, state)
-  mngr.close()
-
-  batch_size = config.eval.batch_size
-  if batch_size % jax.device_count():
-    batch_size = jax.device_count() * max(1, batch_size // jax.device_count())
-  predict = make_predict(config, model, encoder, mesh)
   preds, targets, cats = [], [], []
-  for batch in pipeline.eval_batches(source, batch_size):
-    n = len(batch["image"])
-    padded = {k: _pad(np.asarray(batch[k]), batch_size) for k in ("image", "vms")}
-    p, t = predict(state, enc_params, train_lib.device_batch(padded, split_sh))
-    preds.append(np.asarray(p)[:n])
-    targets.append(np.asarray(t)[:n])
+  hw = train_lib.image_hw(config)
+  for batch in pipeline.eval_batches(source, trained.batch_size):
+    p, _ = inference.predict(trained, batch["image"])
+    preds.append(p)
+    # Ground truth at the model's resolution, with the resize used for training.
+    targets.append(np.asarray(_resize_maps(batch["vms"], hw)))
     cats.append(np.asarray(batch["category"]))
   pred = np.concatenate(preds)  # (N, H, W, 2)
   target = np.concatenate(targets)
@@ -130,11 +78,9 @@ def evaluate(
   return report
 
 
-def _pad(x: np.ndarray, n: int) -> np.ndarray:
-  if len(x) == n:
-    return x
-  pad = np.repeat(x[-1:], n - len(x), axis=0)  # repeats are dropped after prediction
-  return np.concatenate([x, pad])
+@functools.partial(jax.jit, static_argnums=1)
+def _resize_maps(vms, hw):
+  return augment.warp(vms, augment.identity(vms.shape[0]), hw)
 
 
 def markdown_table(report: dict) -> str:

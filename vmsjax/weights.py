@@ -673,4 +673,3 @@ def load_trunk(path: str, preprocessing: str) -> Params:
       f"config says {preprocessing!r}; set model.encoder.preprocessing={weights.preprocessing}"
     )
   return weights.params
-
