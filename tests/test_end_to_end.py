@@ -55,18 +55,19 @@ def test_train_then_evaluate(tmp_path, synthetic_data_dir, capsys, monkeypatch):
   printed = capsys.readouterr().out
   report = json.loads((work / "eval" / "test-12.json").read_text())
   assert report["images"] == 160 and report["step"] == 12 and report["image_size"] == 32
-  for who in ("model", "centre_bias"):
+  for summary in (report["model"], report["baselines"]["centre"]):
     for channel in ("true", "false", "all"):
-      cell = report[who][channel]
+      cell = summary[channel]
       assert cell["images"] == 160
       assert -1 <= cell["rho2d"] <= 1 and cell["mse"] > 0
       assert math.isclose(cell["mse_255"], cell["mse"] * 255**2, rel_tol=1e-9)
   # Centre bias on the synthetic set is weak but positive (objects are spread out).
-  assert 0.05 < report["centre_bias"]["true"]["rho2d"] < 0.35
+  assert 0.05 < report["baselines"]["centre"]["true"]["rho2d"] < 0.35
   md = (work / "eval" / "test-12.md").read_text()
-  row = next(line for line in md.splitlines() if line.startswith("| all |"))
-  assert f"{report['model']['all']['rho2d']:.3f}" in row
+  row = next(line for line in md.splitlines() if line.startswith("|  | all |"))
+  assert f"| {report['model']['all']['rho2d']:.3f} |" in row
   assert row in printed
+  assert (work / "eval" / "test-12-categories.png").stat().st_size > 0
 
   # Evaluating the same checkpoint again gives the same numbers.
   assert cli.main(["evaluate", "--workdir", str(work), "--checkpoint", "12"]) == 0

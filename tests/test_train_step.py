@@ -106,3 +106,17 @@ def test_nan_loss_freezes_state_and_records_the_step():
   # A later good batch does not resume training from a poisoned run.
   state, _ = step(state, enc, train.device_batch(good, split), root)
   assert int(state.bad_step) == 1
+
+
+def test_bfloat16_compute_keeps_params_and_optimizer_float32():
+  config = tiny_config(**{"model.dtype": "bfloat16"})
+  state, enc, step, split, root = _setup(config, jax.devices())
+  batch = train.device_batch(_batch(), split)
+  # The convolutions and dense layers do run in bfloat16...
+  assert "bf16" in step.lower(state, enc, batch, root).as_text()
+  state, metrics = step(state, enc, batch, root)
+  assert np.isfinite(float(metrics["loss"]))
+  # ...while what is stored and updated stays float32.
+  for tree in (state.params, state.batch_stats, state.opt_state, enc):
+    dtypes = {x.dtype for x in jax.tree.leaves(tree) if x.ndim > 0}
+    assert dtypes == {np.dtype("float32")}, dtypes

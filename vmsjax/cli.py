@@ -1,9 +1,9 @@
 """The `vmsjax` command: argument parsing only.
 
   vmsjax train [--config FILE[:ARG]] [--workdir DIR] [--config.a.b=VALUE ...]
-  vmsjax evaluate --workdir DIR [--split test] [--checkpoint STEP]
-  vmsjax data build NAME [--data_dir DIR]
-  vmsjax data info NAME [--data_dir DIR]
+  vmsjax evaluate --workdir DIR [--split test] [--checkpoint STEP] [--baselines centre,gbvs]
+  vmsjax data build NAME[/CONFIG] [--manual_dir DIR] [--data_dir DIR] [--skip_bad_files]
+  vmsjax data info NAME[/CONFIG] [--data_dir DIR]
   vmsjax convert-vgg16 SRC OUT.npz
   vmsjax <command> ...   each module of vmsjax/commands/ (predict, saliency, study, sweep ...)
 
@@ -34,20 +34,56 @@ def _parser() -> argparse.ArgumentParser:
   )
   t.add_argument("--config", default=None, help="config file[:arg] (default configs/synthetic.py)")
   t.add_argument("--workdir", default=DEFAULT_WORKDIR)
+  t.add_argument(
+    "--distributed",
+    choices=("auto", "on", "off"),
+    default="auto",
+    help="join a multi-process job (auto: when the options below are given or SLURM/MPI "
+    "runs more than one task)",
+  )
+  t.add_argument("--coordinator_address", default=None, help="HOST:PORT of process 0")
+  t.add_argument("--num_processes", type=int, default=None)
+  t.add_argument("--process_id", type=int, default=None)
 
   e = sub.add_parser("evaluate", help="evaluate a trained workdir")
   e.add_argument("--workdir", default=DEFAULT_WORKDIR)
   e.add_argument("--split", default=None, help="dataset split (default: the config's eval split)")
   e.add_argument("--checkpoint", type=int, default=None, help="step (default: the latest)")
   e.add_argument("--data_dir", default=None, help="where the dataset is built (default: config)")
+  e.add_argument(
+    "--baselines",
+    default="centre",
+    help="comma-separated baselines scored beside the model: centre, gbvs (slow); "
+    "'none' for none (default: centre)",
+  )
+  e.add_argument(
+    "--dataset", default=None, help="a dataset with VMS maps (default: the training one)"
+  )
 
   d = sub.add_parser("data", help="build or describe datasets")
   dsub = d.add_subparsers(dest="data_command", required=True)
-  b = dsub.add_parser("build", help="build a dataset as array_record")
-  b.add_argument("name")
-  b.add_argument("--data_dir", default="data")
+  names = "synthetic, vischema, vischema2, lamem; a config after a slash, e.g. lamem/split2"
+  b = dsub.add_parser(
+    "build",
+    help="build a dataset as array_record",
+    epilog="Folder layouts of the downloaded datasets: docs/data.md.",
+  )
+  b.add_argument("name", help=names)
+  b.add_argument("--data_dir", default="data", help="where the built dataset goes")
+  b.add_argument(
+    "--manual_dir",
+    default=None,
+    help="the downloaded files (vischema, vischema2, lamem): DIR/images/... or "
+    "DIR/<name>/images/... (default DATA_DIR/downloads/manual)",
+  )
+  b.add_argument(
+    "--skip_bad_files",
+    action="store_true",
+    help="leave out unreadable or inconsistent files and list them in build_report.json "
+    "(default: fail, naming every one)",
+  )
   i = dsub.add_parser("info", help="examples per split and per category")
-  i.add_argument("name")
+  i.add_argument("name", help=names)
   i.add_argument("--data_dir", default="data")
 
   c = sub.add_parser(
@@ -78,12 +114,15 @@ def run(argv: list[str]) -> int:
   args, rest = _parser().parse_known_args(argv)
   if args.command == "train":
     from vmsjax import config as config_lib
-    from vmsjax import train
+    from vmsjax import distributed, train
 
     overrides = _split_overrides(rest)
     config = config_lib.load(args.config)
     config_lib.override(config, overrides)
     config_lib.validate(config)
+    distributed.initialize(
+      args.distributed, args.coordinator_address, args.num_processes, args.process_id
+    )
     train.train_and_evaluate(config, args.workdir)
     print(f"training finished; evaluate with: vmsjax evaluate --workdir {args.workdir}")
     return 0
@@ -92,16 +131,21 @@ def run(argv: list[str]) -> int:
   if args.command == "evaluate":
     from vmsjax import evaluate
 
-    report = evaluate.evaluate(args.workdir, args.split, args.checkpoint, args.data_dir)
+    report = evaluate.evaluate(
+      args.workdir, args.split, args.checkpoint, args.data_dir, args.baselines, args.dataset
+    )
     evaluate.print_report(report)
-    print(f"written to {args.workdir}/eval/{report['split']}-{report['step']}.{{json,md}}")
+    files = ", ".join(f"{args.workdir}/eval/{f}" for f in report["files"].values())
+    print(f"written to {files}")
     return 0
   if args.command == "data":
     from vmsjax.data import pipeline
 
     if args.data_command == "build":
-      pipeline.build(args.name, args.data_dir)
+      report = pipeline.build(args.name, args.data_dir, args.manual_dir, args.skip_bad_files)
       print(pipeline.describe(args.name, args.data_dir))
+      if report is not None:
+        print(pipeline.format_report(report))
       return 0
     if args.data_command == "info":
       print(pipeline.describe(args.name, args.data_dir))

@@ -33,7 +33,10 @@ RESUMABLE_KEYS: tuple[str, ...] = (
   "log.every_steps",
   "log.progress",
   "eval.batch_size",
+  "features.cache_dir",
 )
+
+FEATURE_CACHE_MODES: tuple[str, ...] = ("off", "memory", "disk")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -59,6 +62,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.auto_build = False  # build the dataset when missing (only synthetic can)
   c.data.image_size = 224  # model input and output size; a multiple of 32
   c.data.eval_split = "test"
+  # Data order, augmentation draws and a random trunk's init; `seed` drives parameter init
+  # and latent noise. Apart so that a seed sweep shares its inputs (vmsjax.multi).
+  c.data.seed = 0
 
   c.loss = ml_collections.ConfigDict()
   c.loss.reconstruction = "bce"  # bce | mse | l1
@@ -79,6 +85,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.max_shift = 0.1  # fraction of width / height
   c.augment.zoom_range = 0.1  # zoom in [1 - r, 1 + r]
   c.augment.flip = True  # horizontal flip with probability 1/2
+
+  # Frozen-encoder feature cache (vmsjax/cache.py, docs/speed.md): the trunk's output
+  # for `views` fixed augmentation draws per training image (drawn from data.seed),
+  # computed once and shared by every run with the same data, encoder and augmentation.
+  c.features = ml_collections.ConfigDict()
+  c.features.cache = "off"  # off | memory (whole cache on the device) | disk (read per batch)
+  c.features.views = 8  # K augmentation draws per training image
+  c.features.cache_dir = ""  # "" = <data.data_dir>/feature_cache
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 500
@@ -205,11 +219,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.loss.l2 >= 0, "loss.l2", "must be >= 0")
   need(config.loss.kl_warmup_steps >= 0, "loss.kl_warmup_steps", "must be >= 0")
   need(config.optim.learning_rate > 0, "optim.learning_rate", "must be > 0")
+  need(config.data.seed >= 0, "data.seed", "must be >= 0")
   need(config.train.batch_size > 0, "train.batch_size", "must be a positive integer")
   need(config.train.epochs > 0, "train.epochs", "must be a positive integer")
   need(config.train.steps_per_epoch > 0, "train.steps_per_epoch", "must be a positive integer")
   need(0 <= config.augment.max_shift < 0.5, "augment.max_shift", "must be in [0, 0.5)")
   need(0 <= config.augment.zoom_range < 1, "augment.zoom_range", "must be in [0, 1)")
+  need(
+    config.features.cache in FEATURE_CACHE_MODES,
+    "features.cache",
+    f"must be one of {', '.join(FEATURE_CACHE_MODES)}",
+  )
+  need(config.features.views > 0, "features.views", "must be a positive integer")
   need(config.checkpoint.every_steps > 0, "checkpoint.every_steps", "must be > 0")
   need(config.checkpoint.keep > 0, "checkpoint.keep", "must be > 0")
   need(config.log.every_steps > 0, "log.every_steps", "must be > 0")

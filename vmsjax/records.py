@@ -78,3 +78,16 @@ class MetricWriter:
   def close(self) -> None:
     self._jsonl.close()
     self._tb.close()
+
+
+class NullWriter:
+  """A MetricWriter that writes nothing: for processes other than 0 of a multi-process run."""
+
+  def write(self, step: int, scalars: dict[str, float], split: str = "train") -> None:
+    del step, scalars, split
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass

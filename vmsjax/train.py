@@ -2,9 +2,10 @@
 
 The step runs under `jax.jit` over a 1-D mesh named "data" that spans every device:
 batches are split along it, the train state and the frozen encoder are replicated,
-and the state is donated. Randomness comes from one root key (`config.seed`); the step
-folds in its own step number and splits named streams (`augment`, `latent`), so a run
-resumed at step k computes exactly what an uninterrupted run computes.
+and the state is donated. Randomness comes from two root keys: `config.seed` (parameter
+init, latent noise) and `data.seed` (data order, augmentation, a random trunk; see
+`data_seed`); the step folds in its own step number and splits named streams (`augment`,
+`latent`), so a run resumed at step k computes exactly what an uninterrupted run computes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from vmsjax import config as config_lib
-from vmsjax import losses, records
+from vmsjax import distributed, losses, records
 from vmsjax.data import augment
 from vmsjax.errors import VMSError
 from vmsjax.models import vae, vgg16
@@ -84,8 +85,12 @@ def make_model(config: ml_collections.ConfigDict) -> vae.VMSVAE:
   )
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  return optax.adam(config.optim.learning_rate)
+def make_optimizer(
+  config: ml_collections.ConfigDict, learning_rate: float | jnp.ndarray | None = None
+) -> optax.GradientTransformation:
+  """Adam at `optim.learning_rate`, or at `learning_rate` (a traced scalar under vmap)."""
+  lr = config.optim.learning_rate if learning_rate is None else learning_rate
+  return optax.adam(lr)
 
 
 def feature_hw(config: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -93,8 +98,22 @@ def feature_hw(config: ml_collections.ConfigDict) -> tuple[int, int]:
   return (h // vgg16.STRIDE, w // vgg16.STRIDE)
 
 
-def encoder_params(config: ml_collections.ConfigDict, root: jax.Array):
-  """The frozen VGG-16 trunk parameters: loaded from a file, or random if allowed."""
+def data_seed(config: ml_collections.ConfigDict) -> int:
+  """The seed of the input side: data order, augmentation draws and a random trunk.
+
+  It is `data.seed`, apart from `seed` (parameter init and latent noise), so that runs
+  differing only in `seed` see the same batches and can be trained together
+  (`vmsjax.multi`). A saved config without it (older runs) used `seed` for both.
+  """
+  return int(config.data.get("seed", config.seed))
+
+
+def encoder_params(config: ml_collections.ConfigDict, root: jax.Array | None = None):
+  """The frozen VGG-16 trunk parameters: loaded from a file, or random if allowed.
+
+  A random trunk is drawn from `data_seed(config)`, whatever `root` is (kept for
+  callers): models that differ only in `seed` share it.
+  """
   if config.model.encoder.weights:
     from vmsjax import weights  # loading real weights is its own module
 
@@ -108,6 +127,7 @@ def encoder_params(config: ml_collections.ConfigDict, root: jax.Array):
     )
   h, w = image_hw(config)
   dummy = jnp.zeros((1, h, w, 3), jnp.float32)
+  root = jax.random.key(data_seed(config))
   params = make_encoder(config).init(jax.random.fold_in(root, _ENCODER_KEY), dummy)["params"]
   # The trunk is ReLU-homogeneous with zero biases, so its output scales with the first
   # kernel. Dividing it by the typical spread of the preprocessed pixels (~60 on the
@@ -180,54 +200,106 @@ def kl_weight(config, step: jnp.ndarray) -> jnp.ndarray:
   return config.loss.beta * jnp.minimum(1.0, step.astype(jnp.float32) / warm)
 
 
+def default_hyper(config, step: jnp.ndarray) -> dict[str, jnp.ndarray]:
+  """The per-step loss weights of a run: {"beta": after warm-up, "l2"}, float32 scalars.
+
+  They are an argument of `head_step` rather than read from the config inside it, so
+  several models with different weights can share one step under `jax.vmap`.
+  """
+  return {"beta": kl_weight(config, step), "l2": jnp.asarray(config.loss.l2, jnp.float32)}
+
+
+def head_step(
+  config,
+  model: vae.VMSVAE,
+  tx: optax.GradientTransformation,
+  state: TrainState,
+  feats: jnp.ndarray,
+  vms: jnp.ndarray,
+  k_latent: jax.Array,
+  hyper: dict[str, jnp.ndarray],
+) -> tuple[TrainState, dict[str, jnp.ndarray]]:
+  """One optimiser step of the latent head and decoder on given trunk features.
+
+  Everything after the frozen encoder: a pure function of its arguments, so it can be
+  `jax.vmap`ped over (state, k_latent, hyper) to train several models on one batch.
+  `config` only supplies static choices (the reconstruction loss).
+
+  Args:
+    config: the run's config (only `loss.reconstruction` is read).
+    model: the trainable part of the VAE.
+    tx: the optimiser.
+    state: the train state before the step.
+    feats: (B, H/32, W/32, 512) float32 trunk features.
+    vms: (B, H, W, 2) target maps in [0, 1].
+    k_latent: key of the `latent` stream for this step.
+    hyper: {"beta", "l2"} float32 scalars (see `default_hyper`).
+
+  Returns:
+    (new state, metrics): metrics are loss, reconstruction, kl, l2, grad_norm, beta.
+    A non-finite loss or gradient leaves params, batch stats and optimiser state as
+    they were and records the step in `bad_step`.
+  """
+
+  def loss_fn(params):
+    (logits, mu, logvar), updates = model.apply(
+      {"params": params, "batch_stats": state.batch_stats},
+      feats,
+      train=True,
+      sample=True,
+      rngs={"latent": k_latent},
+      mutable=["batch_stats"],
+    )
+    loss, terms = losses.total_loss(
+      logits,
+      vms,
+      mu,
+      logvar,
+      params,
+      kind=config.loss.reconstruction,
+      beta=hyper["beta"],
+      l2=hyper["l2"],
+    )
+    return loss, (terms, updates["batch_stats"])
+
+  (loss, (terms, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, new_opt = tx.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+  grad_norm = optax.tree.norm(grads)
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.bad_step < 0)
+
+  def keep_good(new, old):
+    return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+  new_state = TrainState(
+    step=state.step + 1,
+    params=keep_good(new_params, state.params),
+    batch_stats=keep_good(new_stats, state.batch_stats),
+    opt_state=keep_good(new_opt, state.opt_state),
+    bad_step=jnp.where((state.bad_step < 0) & ~ok, state.step, state.bad_step),
+  )
+  metrics = dict(terms, grad_norm=grad_norm, beta=hyper["beta"])
+  return new_state, metrics
+
+
+def step_keys(root: jax.Array, step: jnp.ndarray) -> tuple[jax.Array, jax.Array]:
+  """(augment, latent) keys of one step: fold the step into the root's step stream."""
+  rng = jax.random.fold_in(jax.random.fold_in(root, _STEP_KEY), step)
+  k_augment, k_latent = jax.random.split(rng)
+  return k_augment, k_latent
+
+
 def make_train_step(config, model, tx, encoder):
   """Returns step(state, enc_params, batch, root) -> (state, metrics), not yet jitted."""
 
   def step(state: TrainState, enc_params, batch, root):
-    rng = jax.random.fold_in(jax.random.fold_in(root, _STEP_KEY), state.step)
-    k_augment, k_latent = jax.random.split(rng)
+    # Augmentation follows data.seed, latent noise follows seed (equal by default).
+    k_augment, _ = step_keys(jax.random.key(data_seed(config)), state.step)
+    _, k_latent = step_keys(root, state.step)
     image, vms = augmented_inputs(config, k_augment, batch)
     feats = encode(config, encoder, enc_params, image)
-
-    def loss_fn(params):
-      (logits, mu, logvar), updates = model.apply(
-        {"params": params, "batch_stats": state.batch_stats},
-        feats,
-        train=True,
-        sample=True,
-        rngs={"latent": k_latent},
-        mutable=["batch_stats"],
-      )
-      loss, terms = losses.total_loss(
-        logits,
-        vms,
-        mu,
-        logvar,
-        params,
-        kind=config.loss.reconstruction,
-        beta=kl_weight(config, state.step),
-        l2=config.loss.l2,
-      )
-      return loss, (terms, updates["batch_stats"])
-
-    (loss, (terms, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, new_opt = tx.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.tree.norm(grads)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.bad_step < 0)
-
-    def keep_good(new, old):
-      return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-
-    new_state = TrainState(
-      step=state.step + 1,
-      params=keep_good(new_params, state.params),
-      batch_stats=keep_good(new_stats, state.batch_stats),
-      opt_state=keep_good(new_opt, state.opt_state),
-      bad_step=jnp.where((state.bad_step < 0) & ~ok, state.step, state.bad_step),
-    )
-    metrics = dict(terms, grad_norm=grad_norm, beta=kl_weight(config, state.step))
-    return new_state, metrics
+    hyper = default_hyper(config, state.step)
+    return head_step(config, model, tx, state, feats, vms, k_latent, hyper)
 
   return step
 
@@ -388,10 +460,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       f"by the number of devices ({n_dev})"
     )
   data_dir = config.data.data_dir
-  if not pipeline.is_built(config.data.name, data_dir):
-    if config.data.auto_build:
-      print(f"building dataset {config.data.name} into {data_dir} ...", file=sys.stderr)
-      pipeline.build(config.data.name, data_dir)
+  main = distributed.is_main()  # process 0 builds data and writes the run's records
+  if main and not pipeline.is_built(config.data.name, data_dir) and config.data.auto_build:
+    print(f"building dataset {config.data.name} into {data_dir} ...", file=sys.stderr)
+    pipeline.build(config.data.name, data_dir)
+  distributed.barrier("dataset ready")
   source = pipeline.open_split(config.data.name, "train", data_dir)
 
   model, tx, encoder = make_model(config), make_optimizer(config), make_encoder(config)
@@ -411,33 +484,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         f"checkpoint {latest} in {workdir} was made with a different config "
         f"(fingerprint {meta.get('config_fingerprint')} != {fp}); use a new --workdir"
       )
-    truncate_metrics(workdir, latest)
+    if main:
+      truncate_metrics(workdir, latest)
     print(f"resuming from checkpoint {latest} in {workdir}", file=sys.stderr)
 
-  records.write_json(workdir / "config.json", config.to_dict())
-  records.write_json(workdir / "versions.json", records.package_versions())
-  records.write_json(workdir / "dataset.json", pipeline.dataset_record(config.data.name, data_dir))
+  dataset_rec = pipeline.dataset_record(config.data.name, data_dir)
+  if main:
+    records.write_json(workdir / "config.json", config.to_dict())
+    records.write_json(workdir / "versions.json", records.package_versions())
+    records.write_json(workdir / "dataset.json", dataset_rec)
 
   total = config_lib.total_steps(config)
   start = int(state.step)
-  step_fn = jit_train_step(config, model, tx, encoder, mesh)
-  writer = records.MetricWriter(workdir)
-  progress = Progress(total, config.train.batch_size, start, config.log.progress)
-  batches = pipeline.train_batches(
-    source,
-    config.train.batch_size,
-    seed=config.seed,
-    start_step=start,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-  )
+  if config.features.cache == "off":
+    step_fn = jit_train_step(config, model, tx, encoder, mesh)
+    step_aux = enc_params  # the step's second argument: what it reads besides the batch
+    batch_keys = ("image", "vms")
+    batches = pipeline.train_batches(
+      source,
+      config.train.batch_size,
+      seed=data_seed(config),
+      start_step=start,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
+  else:  # frozen-encoder features computed once (vmsjax/cache.py); the trunk never runs here
+    from vmsjax import cache
+
+    fcache = cache.open_or_build(config, source, dataset_rec["fingerprint"], enc_params)
+    print(f"{'built' if fcache.built else 'using'} feature cache {fcache.path}", file=sys.stderr)
+    step_fn = cache.jit_step(config, model, tx, mesh)
+    step_aux = cache.device_table(fcache, config, repl)
+    batch_keys = cache.batch_keys(config)
+    batches = cache.train_batches(fcache, config, start, jax.process_index(), jax.process_count())
+  writer = records.MetricWriter(workdir) if main else records.NullWriter()
+  progress = Progress(total, config.train.batch_size, start, config.log.progress and main)
   meta = {"config_fingerprint": fp, "dataset": config.data.name}
   last_saved = latest
   pending: list[tuple[int, dict]] = []
   try:
     for step in range(start, total):
-      batch = device_batch(next(batches), split)
-      state, metrics = step_fn(state, enc_params, batch, root)
+      batch = device_batch(next(batches), split, keys=batch_keys)
+      state, metrics = step_fn(state, step_aux, batch, root)
       pending.append((step + 1, metrics))
       at_end = step + 1 == total
       if (step + 1) % config.log.every_steps == 0 or at_end:

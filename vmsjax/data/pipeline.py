@@ -2,7 +2,10 @@
 
 Datasets are TFDS builders written as array_record files and read back without
 TensorFlow through `builder.as_data_source(split)`. A split is opened as a
-`SplitSource`: random access to dicts of numpy values.
+`SplitSource`: random access to dicts of numpy values. Names: `synthetic`
+(generated), and the manual downloads `vischema`, `vischema2`, `lamem`
+(vmsjax/data/vischema.py, lamem.py; folder layouts in docs/data.md), each optionally
+with a builder config after a slash (`vischema/centre_crop`, `lamem/split3`).
 
 Training order (`train_batches`): epoch e is a fresh permutation of the split,
 drawn from numpy's PCG64 seeded with (seed, e); the stream is the concatenation
@@ -37,7 +40,12 @@ Batch = dict[str, Any]
 # slow to import and the model code never needs it.
 _BUILDERS: dict[str, tuple[str, str]] = {
   "synthetic": ("vmsjax.data.synthetic", "VmsSynthetic"),
+  "vischema": ("vmsjax.data.vischema", "Vischema"),
+  "vischema2": ("vmsjax.data.vischema", "Vischema2"),
+  "lamem": ("vmsjax.data.lamem", "Lamem"),
 }
+# Built from files the user downloads by hand (`--manual_dir`).
+_MANUAL = ("vischema", "vischema2", "lamem")
 # Keys stacked into batches, when the dataset has them; `id` stays a list of str.
 _ARRAY_KEYS: dict[str, type] = {
   "image": np.uint8,
@@ -52,17 +60,35 @@ _FINGERPRINT_RECORDS = 1024  # per split; bounds the cost on large datasets
 
 
 def dataset_names() -> tuple[str, ...]:
-  """Returns the names `build`, `open_split` and friends accept."""
+  """Returns the names `build`, `open_split` and friends accept.
+
+  Each also takes a builder config after a slash, e.g. "vischema/centre_crop" or
+  "lamem/split3"; the plain name is the dataset's first (default) config.
+  """
   return tuple(_BUILDERS)
 
 
-def _builder(name: str, data_dir: str):
-  """Returns the TFDS builder of dataset `name` rooted at `data_dir`."""
-  if name not in _BUILDERS:
+def _builder(name: str, data_dir: str, **kwargs: Any):
+  """Returns the TFDS builder of dataset `name` ("name" or "name/config") in `data_dir`."""
+  base, _, config = name.partition("/")
+  if base not in _BUILDERS:
     raise VMSError(f"unknown dataset {name!r}; valid names: {', '.join(_BUILDERS)}")
-  module_name, class_name = _BUILDERS[name]
+  module_name, class_name = _BUILDERS[base]
   builder_class = getattr(importlib.import_module(module_name), class_name)
-  return builder_class(data_dir=os.path.expanduser(os.fspath(data_dir)))
+  configs = [c.name for c in builder_class.BUILDER_CONFIGS]
+  if config and config not in configs:
+    raise VMSError(
+      f"dataset {base!r} has no config {config!r}; valid: "
+      + ", ".join(f"{base}/{c}" for c in configs)
+    )
+  if config:
+    kwargs["config"] = config
+  return builder_class(data_dir=os.path.expanduser(os.fspath(data_dir)), **kwargs)
+
+
+def _build_command(name: str, data_dir: str) -> str:
+  manual = " --manual_dir DIR" if name.partition("/")[0] in _MANUAL else ""
+  return f"vmsjax data build {name}{manual} --data_dir {data_dir}"
 
 
 def _prepared_builder(name: str, data_dir: str):
@@ -70,22 +96,110 @@ def _prepared_builder(name: str, data_dir: str):
   if not builder.is_prepared():
     raise VMSError(
       f"dataset {name!r} is not built in {data_dir} (looked for {builder.data_path}); "
-      f"run `vmsjax data build {name} --data_dir {data_dir}`"
+      f"run `{_build_command(name, data_dir)}` (docs/data.md gives the folder layout)"
     )
   return builder
 
 
-def build(name: str, data_dir: str) -> None:
+def build(
+  name: str,
+  data_dir: str,
+  manual_dir: str | None = None,
+  skip_bad_files: bool = False,
+) -> dict[str, Any] | None:
   """Builds dataset `name` into `data_dir` as array_record files (no-op if built).
 
   Args:
-    name: one of `dataset_names()`.
+    name: one of `dataset_names()`, optionally "/config".
     data_dir: the TFDS data directory; created if missing.
+    manual_dir: for vischema, vischema2 and lamem, the folder holding the
+      downloaded files (itself, or its `<name>/` subfolder, holds `images/`);
+      default `<data_dir>/downloads/manual`, as in tfds.
+    skip_bad_files: leave out files that cannot be read (listed with the reason
+      in the returned report and in `build_report.json`) instead of failing.
+
+  Returns:
+    The build report of a manual dataset (found_images, written per split,
+    skipped_images, skipped: [{file, reason}], ignored files), None for synthetic.
 
   Raises:
-    VMSError: unknown dataset name.
+    VMSError: unknown dataset or config, missing manual files, bad files when
+      not skipping (the message names every one).
   """
-  _builder(name, data_dir).download_and_prepare(file_format="array_record")
+  import tensorflow_datasets as tfds
+
+  base = name.partition("/")[0]
+  if base not in _MANUAL:
+    if manual_dir is not None or skip_bad_files:
+      raise VMSError(
+        f"dataset {name!r} is generated: --manual_dir and --skip_bad_files do not apply"
+      )
+    _builder(name, data_dir).download_and_prepare(file_format="array_record")
+    return None
+  builder = _builder(name, data_dir, skip_bad_files=skip_bad_files)
+  if not builder.is_prepared():
+    manual = os.path.expanduser(
+      os.fspath(manual_dir) if manual_dir else os.path.join(data_dir, "downloads", "manual")
+    )
+    # tfds asserts on a missing or empty manual dir; say it in our words instead.
+    if not os.path.isdir(manual) or not os.listdir(manual):
+      raise VMSError(
+        f"manual dir {manual} is missing or empty; download {base} by hand and pass its folder"
+        f" with --manual_dir. {builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+      )
+    try:
+      builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(manual_dir=manual),
+      )
+    except AssertionError as e:
+      # tfds refuses to write a split left empty (every image of it unreadable).
+      if "No examples were yielded" not in str(e):
+        raise
+      bad = "; ".join(f"{f}: {r}" for f, r in builder._bad.problems)
+      raise VMSError(f"building {name} from {manual}: a split has no readable image: {bad}") from e
+  return build_report(name, data_dir)
+
+
+def build_report(name: str, data_dir: str) -> dict[str, Any] | None:
+  """Returns the build report of a built manual dataset (None if it has none)."""
+  import json
+
+  path = os.path.join(os.fspath(_prepared_builder(name, data_dir).data_path), "build_report.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    report = json.load(f)
+  report["report_path"] = path
+  return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+  """Returns a build report as lines for the terminal: counts, then each skipped file."""
+  written = report.get("written", {})
+  order = ["train", "val", "test"]  # the JSON file has its keys sorted
+  written = dict(
+    sorted(
+      written.items(),
+      key=lambda kv: (kv[0] not in order, order.index(kv[0]) if kv[0] in order else 0, kv[0]),
+    )
+  )
+  lines = [
+    f"found {report.get('found_images', '?')} images; wrote "
+    + ", ".join(f"{n} {split}" for split, n in written.items())
+    + f"; skipped {report.get('skipped_images', 0)} images"
+  ]
+  skipped = report.get("skipped", [])
+  if skipped:
+    lines.append(f"skipped or bad files ({len(skipped)}):")
+    lines += [f"  {entry['file']}: {entry['reason']}" for entry in skipped]
+  ignored = report.get("ignored", [])
+  if ignored:
+    shown = ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else "")
+    lines.append(f"ignored {len(ignored)} files that are neither images nor maps: {shown}")
+  if "report_path" in report:
+    lines.append(f"report: {report['report_path']}")
+  return "\n".join(lines)
 
 
 def is_built(name: str, data_dir: str) -> bool:
@@ -255,8 +369,43 @@ def dataset_record(name: str, data_dir: str) -> dict[str, Any]:
   }
 
 
+def category_counts(name: str, data_dir: str) -> dict[str, dict[str, int]] | None:
+  """Counts the examples of each leaf category, per split, of a built dataset.
+
+  Reads only the labels (images and maps stay encoded).
+
+  Returns:
+    {split: {leaf: count}} over all 8 leaves (zeros included), or None for a
+    dataset without categories (LaMem).
+
+  Raises:
+    VMSError: unknown dataset, or not built in `data_dir`.
+  """
+  import tensorflow_datasets as tfds
+
+  from vmsjax.data import schema
+
+  builder = _prepared_builder(name, data_dir)
+  features = builder.info.features
+  if "category" not in features:
+    return None
+  skip = {key: tfds.decode.SkipDecoding() for key in ("image", "vms") if key in features}
+  counts: dict[str, dict[str, int]] = {}
+  for split in builder.info.splits:
+    records = builder.as_data_source(split, decoders=skip)
+    labels = np.bincount(
+      [int(records[i]["category"]) for i in range(len(records))], minlength=len(schema.LEAVES)
+    )
+    counts[split] = {leaf: int(n) for leaf, n in zip(schema.LEAVES, labels, strict=True)}
+  return counts
+
+
 def describe(name: str, data_dir: str) -> str:
   """Returns a few lines on a built dataset, for `vmsjax data build` / `data info`.
+
+  Counts per split and, for datasets with categories, per leaf category (a table,
+  leaves as rows, splits as columns), the metadata the builder recorded (split
+  rule, map scale, ...) in short, and the fingerprint.
 
   Raises:
     VMSError: unknown dataset, or not built in `data_dir`.
@@ -266,6 +415,22 @@ def describe(name: str, data_dir: str) -> str:
     f"{name}: {record['builder']}/{record['config']} {record['version']} in {record['data_dir']}"
   ]
   lines += [f"  {split}: {count} examples" for split, count in record["num_examples"].items()]
+  counts = category_counts(name, data_dir)
+  if counts:
+    splits = list(counts)
+    width = max(len(leaf) for leaf in next(iter(counts.values())))
+    lines.append("  per category:")
+    lines.append(f"    {'':<{width}}  " + "  ".join(f"{s:>6}" for s in splits))
+    for leaf in next(iter(counts.values())):
+      row = "  ".join(f"{counts[s][leaf]:>6}" for s in splits)
+      lines.append(f"    {leaf:<{width}}  {row}")
+  metadata = dict(_prepared_builder(name, data_dir).info.metadata or {})
+  for key, value in sorted(metadata.items()):
+    if isinstance(value, list) and len(value) > 4:
+      value = f"[{len(value)} items]"  # e.g. the test ids of a drawn split
+    elif isinstance(value, dict):
+      value = {k: (f"[{len(v)} items]" if isinstance(v, list) else v) for k, v in value.items()}
+    lines.append(f"  {key}: {value}")
   lines.append(f"  fingerprint: {record['fingerprint']}")
   return "\n".join(lines)
 

@@ -43,22 +43,24 @@ MIDDLE_TO_TOP: dict[str, str] = {
 VMS_CHANNELS: tuple[str, ...] = ("true", "false")  # channel 0 true VMS, channel 1 false VMS
 
 
-def features(with_vms: bool = True, with_score: bool = False):
+def features(with_vms: bool = True, with_score: bool = False, with_category: bool = True):
   """Returns the tfds FeaturesDict of a vmsjax record.
 
   Args:
     with_vms: include the (224, 224, 2) float32 `vms` map (absent for image-only sets).
     with_score: include a float32 `score` (e.g. LaMem memorability).
+    with_category: include `category`, `category_mid` and `category_top`. LaMem has
+      no VISCHEMA categories: its records leave all three out rather than carry a
+      made-up label, and per-category tools skip datasets without them.
   """
   import tensorflow_datasets as tfds  # imported lazily: slow, and not needed by the model
 
-  spec = {
-    "image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3)),
-    "category": tfds.features.ClassLabel(names=list(LEAVES)),
-    "category_mid": tfds.features.ClassLabel(names=list(MIDDLE)),
-    "category_top": tfds.features.ClassLabel(names=list(TOP)),
-    "id": tfds.features.Text(),
-  }
+  spec = {"image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3))}
+  if with_category:
+    spec["category"] = tfds.features.ClassLabel(names=list(LEAVES))
+    spec["category_mid"] = tfds.features.ClassLabel(names=list(MIDDLE))
+    spec["category_top"] = tfds.features.ClassLabel(names=list(TOP))
+  spec["id"] = tfds.features.Text()
   if with_vms:
     # Raw bytes: ~2x faster to write than the default list-of-floats encoding, and
     # compression gains nothing on float maps (their low bits are noise).

@@ -1,0 +1,219 @@
+"""Speed of many models per step: N seeds trained together vs one seed alone.
+
+Two measurements, in one process so that they share the machine's load:
+
+  step  the jitted steps alone: `train.jit_train_step` (one model) against
+        `multi.jit_group_step` (N models sharing one augmentation and one encoder
+        forward), on the same preloaded device batches; compilation excluded; rounds
+        alternate alone/group and the medians are compared.
+  run   end to end, as a user runs it: `train.train_and_evaluate` of seed 0 against
+        `multi.train_group` of seeds 0..N-1 into fresh workdirs (data loading,
+        compilation, checkpoints and metrics included).
+
+Without the feature cache (`features.cache=off`), on the synthetic config (64x64,
+batch 32, random frozen VGG-16), schedule shortened with --epochs.
+
+  python experiments/multi_speed.py --data_dir data --out runs/multi_speed.json
+
+Target: N = 8 together in at most 2.5x the time of one (docs/speed.md has the figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from vmsjax import config as config_lib
+from vmsjax import multi, records
+from vmsjax import train as train_lib
+from vmsjax.data import pipeline
+
+
+def machine() -> dict:
+  """The CPU model, core count and load, and the JAX devices."""
+  model = platform.processor() or ""
+  try:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    for line in out.splitlines():
+      if line.startswith("Model name:"):
+        model = line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return {
+    "cpu": model,
+    "cores": os.cpu_count(),
+    "load_average": os.getloadavg(),
+    "devices": [str(d) for d in jax.devices()],
+    "jax": jax.__version__,
+  }
+
+
+def _configs(args) -> list:
+  out = []
+  for s in range(args.seeds):
+    c = config_lib.load(args.config)
+    config_lib.override(
+      c,
+      [
+        f"seed={s}",
+        f"train.epochs={args.epochs}",
+        f"data.data_dir={args.data_dir}",
+        "log.progress=false",
+        *args.set,
+      ],
+    )
+    config_lib.validate(c)
+    out.append(c)
+  return out
+
+
+def _time(fn, repeats: int) -> float:
+  t0 = time.perf_counter()
+  for _ in range(repeats):
+    fn()
+  return time.perf_counter() - t0
+
+
+def step_speed(configs, args) -> dict:
+  """Median seconds per step, alone and grouped, on the same preloaded batches."""
+  config = configs[0]
+  if not pipeline.is_built(config.data.name, config.data.data_dir):
+    pipeline.build(config.data.name, config.data.data_dir)
+  source = pipeline.open_split(config.data.name, "train", config.data.data_dir)
+  model, encoder, tx = (
+    train_lib.make_model(config),
+    train_lib.make_encoder(config),
+    train_lib.make_optimizer(config),
+  )
+  mesh = train_lib.data_mesh()
+  repl, split = train_lib.shardings(mesh)
+  enc = jax.device_put(train_lib.encoder_params(config), repl)
+  it = pipeline.train_batches(source, config.train.batch_size, seed=train_lib.data_seed(config))
+  batches = [train_lib.device_batch(next(it), split) for _ in range(args.steps)]
+
+  init = jax.jit(lambda r: train_lib.init_state(config, model, tx, r), out_shardings=repl)
+  root = jax.random.key(0)
+  alone_fn = train_lib.jit_train_step(config, model, tx, encoder, mesh)
+  group_fn = multi.jit_group_step(configs, model, encoder, mesh)
+  keys = jax.device_put(
+    jnp.stack([jax.random.key_data(jax.random.key(c.seed)) for c in configs]), repl
+  )
+  box = {
+    "alone": init(root),
+    "group": jax.device_put(multi._stack([init(jax.random.key(c.seed)) for c in configs]), repl),
+  }
+
+  def run_alone():
+    for b in batches:
+      box["alone"], m = alone_fn(box["alone"], enc, b, root)
+    jax.block_until_ready(m)
+
+  def run_group():
+    for b in batches:
+      box["group"], m = group_fn(box["group"], enc, b, keys)
+    jax.block_until_ready(m)
+
+  compile_s = {
+    "alone": _time(lambda: jax.block_until_ready(alone_fn(box["alone"], enc, batches[0], root)), 1)
+  }
+  box["alone"] = init(root)
+  t0 = time.perf_counter()
+  box["group"], m = group_fn(box["group"], enc, batches[0], keys)
+  jax.block_until_ready(m)
+  compile_s["group"] = time.perf_counter() - t0
+  alone, group = [], []
+  for _ in range(args.repeats):
+    alone.append(_time(run_alone, 1) / len(batches))
+    group.append(_time(run_group, 1) / len(batches))
+  a, g = statistics.median(alone), statistics.median(group)
+  return {
+    "phase": "step",
+    "models": len(configs),
+    "batch": config.train.batch_size,
+    "image_size": config.data.image_size,
+    "steps_timed": len(batches) * args.repeats,
+    "alone_s_per_step": a,
+    "group_s_per_step": g,
+    "alone_rounds": alone,
+    "group_rounds": group,
+    "ratio": g / a,
+    "compile_s": compile_s,
+  }
+
+
+def run_speed(configs, args) -> dict:
+  """Wall seconds of the whole training, alone and grouped, into fresh workdirs."""
+  with tempfile.TemporaryDirectory(prefix="multi_speed_") as tmp:
+    tmp = Path(tmp)
+    t0 = time.perf_counter()
+    train_lib.train_and_evaluate(configs[0], tmp / "alone")
+    alone = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    multi.train_group(configs, [tmp / f"seed{i}" for i in range(len(configs))])
+    group = time.perf_counter() - t0
+  return {
+    "phase": "run",
+    "models": len(configs),
+    "batch": configs[0].train.batch_size,
+    "image_size": configs[0].data.image_size,
+    "steps": config_lib.total_steps(configs[0]),
+    "alone_s": alone,
+    "group_s": group,
+    "ratio": group / alone,
+  }
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--config", default=config_lib.DEFAULT_CONFIG)
+  p.add_argument("--data_dir", default="data")
+  p.add_argument("--seeds", type=int, default=8, help="models trained together")
+  p.add_argument("--epochs", type=int, default=2, help="schedule of the 'run' phase")
+  p.add_argument("--steps", type=int, default=10, help="steps per timed round ('step' phase)")
+  p.add_argument("--repeats", type=int, default=3, help="timed rounds ('step' phase)")
+  p.add_argument("--phases", default="step,run", help="comma-separated: step, run")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+  p.add_argument("--out", default=None, help="write the records as JSON here")
+  args = p.parse_args(argv)
+
+  configs = _configs(args)
+  env = machine()
+  results = []
+  phases = [x for x in args.phases.split(",") if x]
+  if "step" in phases:
+    results.append(step_speed(configs, args))
+  if "run" in phases:
+    results.append(run_speed(configs, args))
+  env["load_average_end"] = os.getloadavg()
+  print(f"{env['cpu']}, {env['cores']} cores, {len(env['devices'])} JAX device(s)")
+  print(f"load average at start {env['load_average']}, at end {env['load_average_end']}")
+  print("| phase | models | alone | together | ratio | per model |")
+  print("| --- | ---: | ---: | ---: | ---: | ---: |")
+  for r in results:
+    if r["phase"] == "step":
+      a, g, unit = r["alone_s_per_step"], r["group_s_per_step"], "s/step"
+    else:
+      a, g, unit = r["alone_s"], r["group_s"], f"s ({r['steps']} steps)"
+    print(
+      f"| {r['phase']} | {r['models']} | {a:.3f} {unit} | {g:.3f} {unit} "
+      f"| {r['ratio']:.2f}x | {r['ratio'] / r['models']:.2f}x |"
+    )
+  if args.out:
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    records.write_json(Path(args.out), {"machine": env, "results": results})
+    print(f"written to {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,220 @@
+"""The evaluation report: JSON, Markdown, figure, baselines, determinism, errors."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vmsjax import cli, evaluate, metrics
+from vmsjax.data import schema
+from vmsjax.errors import VMSError
+
+
+def _rows(md: str, heading: str) -> list[list[str]]:
+  """The body rows of the first table after a Markdown heading, as lists of cells."""
+  lines = md.split(f"## {heading}", 1)[1].splitlines()[1:]
+  end = next((i for i, x in enumerate(lines) if x.startswith("## ")), len(lines))
+  table = [x for x in lines[:end] if x.startswith("|")]
+  return [[c.strip() for c in x.strip("|").split("|")] for x in table[2:]]
+
+
+def _oracle(images, target):
+  """A baseline that predicts the ground truth itself (checks the registry's contract)."""
+  assert images.dtype == np.uint8 and images.shape == target.shape[:-1] + (3,)
+  return target
+
+
+@pytest.fixture(scope="module")
+def report(trained_workdir):
+  # One evaluation shared by the tests below (each costs seconds): the centre bias
+  # and an oracle registered as a baseline in one line.
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setitem(evaluate.BASELINES, "oracle", _oracle)
+    return evaluate.evaluate(trained_workdir, checkpoint=12, baselines="centre,oracle")
+
+
+def test_json_matches_return_and_counts(report, trained_workdir):
+  on_disk = json.loads((trained_workdir / "eval" / "test-12.json").read_text())
+  assert on_disk == report
+  assert report["images"] == 160 and report["image_size"] == 32 and report["step"] == 12
+  assert list(report["baselines"]) == ["centre", "oracle"]
+  for level, names in (("leaf", schema.LEAVES), ("middle", schema.MIDDLE), ("top", schema.TOP)):
+    cells = report["categories"][level]
+    assert list(cells) == list(names)
+    assert sum(v["images"] for v in cells.values()) == report["images"]
+  # The synthetic test split has 20 images per leaf category, 40 per middle, 80 per top.
+  assert {v["images"] for v in report["categories"]["leaf"].values()} == {20}
+  assert {v["images"] for v in report["categories"]["top"].values()} == {80}
+
+
+def test_categories_add_up_to_the_overall_means(report):
+  # The overall mean of a metric is the mean of the category means weighted by the
+  # images each has a value for; checked at every level, for model and baseline.
+  for level in ("leaf", "middle", "top"):
+    for who in ("model", "centre"):
+      for c in metrics.CHANNELS:
+        overall = report[who][c] if who == "model" else report["baselines"][who][c]
+        for m in ("rho2d", "mse", "sim", "kld"):
+          num = den = 0.0
+          for v in report["categories"][level].values():
+            cell = v["model"][c] if who == "model" else v["baselines"][who][c]
+            n = cell["images"] - cell["excluded"][m]
+            if n:
+              num, den = num + n * cell[m], den + n
+          assert overall[m] == pytest.approx(num / den, rel=1e-9), (level, who, c, m)
+        assert overall["mse_255"] == pytest.approx(overall["mse"] * 255**2)
+        assert overall["cc"] == pytest.approx(overall["rho2d"], abs=1e-9)
+
+
+def test_markdown_tables(report, trained_workdir):
+  md = (trained_workdir / "eval" / "test-12.md").read_text()
+  t1 = _rows(md, "Table 1")
+  assert len(t1) == 3 * 3  # model, centre bias, oracle
+  model_rows = {r[1]: r for r in t1[:3]}
+  for c in metrics.CHANNELS:
+    s = report["model"][c]
+    assert model_rows[c][2] == f"{s['rho2d']:.3f}"
+    assert model_rows[c][3] == f"{s['mse_255']:.1f}"
+    assert model_rows[c][4] == f"{s['mse']:.4f}"
+  assert t1[0][0].startswith("model (m=4")
+  assert (
+    t1[3][0] == "centre bias"
+    and t1[3][2] == f"{report['baselines']['centre']['true']['rho2d']:.3f}"
+  )
+
+  # Table 2: best / worst are the argmax / argmin of the per-category rho2D.
+  t2 = _rows(md, "Table 2")
+  leaf = report["categories"]["leaf"]
+  for row, c in zip(t2[:3], metrics.CHANNELS, strict=True):
+    vals = {
+      k: v["model"][c]["rho2d"] for k, v in leaf.items() if v["model"][c]["rho2d"] is not None
+    }
+    best, worst = max(vals, key=vals.get), min(vals, key=vals.get)
+    assert row[2:6] == [best, f"{vals[best]:.3f}", worst, f"{vals[worst]:.3f}"]
+    assert row[6] == f"{report['model'][c]['rho2d']:.3f}"
+
+  sal = _rows(md, "Saliency-benchmark metrics")
+  assert sal[2][1] == "all" and sal[2][4] == f"{report['model']['all']['kld']:.3f}"
+  cats = _rows(md, "Per category")
+  assert len(cats) == len(schema.LEAVES) + len(schema.MIDDLE) + len(schema.TOP)
+  assert cats[0][:3] == ["leaf", "kitchen", "20"]
+  assert cats[0][3] == f"{leaf['kitchen']['model']['true']['rho2d']:.3f}"
+  assert f"]({report['files']['figure']})" in md
+  # The JSON holds everything the Markdown shows (its keys come back sorted).
+  on_disk = json.loads((trained_workdir / "eval" / "test-12.json").read_text())
+  assert evaluate.markdown_report(on_disk) == md
+
+
+def test_figure(report, trained_workdir):
+  path = trained_workdir / "eval" / report["files"]["figure"]
+  with Image.open(path) as im:
+    assert im.format == "PNG"
+    assert im.size == (1000, 700)
+    pixels = np.asarray(im.convert("RGB"))
+  # Something is drawn: more than the background colour.
+  assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 10
+
+
+def test_older_checkpoint_is_reproducible(report, trained_workdir):
+  first = evaluate.evaluate(trained_workdir, checkpoint=4, baselines="none")
+  second = evaluate.evaluate(trained_workdir, checkpoint=4, baselines=[])
+  assert first["step"] == 4 and first["baselines"] == {}
+  assert first == second
+  assert first["model"] != report["model"]
+  assert first["model"]["all"]["mse"] != report["model"]["all"]["mse"]
+  assert (trained_workdir / "eval" / "test-4.json").exists()
+  # The step-12 report is still there, untouched.
+  assert json.loads((trained_workdir / "eval" / "test-12.json").read_text()) == report
+
+
+def test_baselines_and_correlation_with_them(report, trained_workdir):
+  o = report["baselines"]["oracle"]
+  for c in metrics.CHANNELS:
+    assert o[c]["mse"] == 0.0 and o[c]["rho2d"] == pytest.approx(1.0)
+    assert o[c]["sim"] == pytest.approx(1.0) and o[c]["kld"] == pytest.approx(0.0, abs=1e-9)
+    corr = report["correlation_with_baselines"]["oracle"]
+    # Correlation of the predictions with the oracle's maps is the model's rho2D.
+    assert corr["predicted"][c]["rho2d"] == pytest.approx(report["model"][c]["rho2d"], rel=1e-9)
+    assert corr["ground_truth"][c]["rho2d"] == pytest.approx(1.0)
+    # The centre baseline's ground-truth correlation is its own rho2D.
+    centre = report["correlation_with_baselines"]["centre"]["ground_truth"][c]["rho2d"]
+    assert centre == report["baselines"]["centre"][c]["rho2d"]
+  # Centre bias on the synthetic set is weak but positive (objects are spread out).
+  assert 0.05 < report["baselines"]["centre"]["true"]["rho2d"] < 0.35
+  md = (trained_workdir / "eval" / "test-12.md").read_text()
+  assert "| oracle | true | 1.000 | 0.0 | 0.0000 | 160 / 160 |" in md
+  corr_rows = _rows(md, "Correlation with the baselines' maps")
+  assert [r[0] for r in corr_rows] == ["centre bias", "", "", "oracle", "", ""]
+
+
+def test_unknown_baseline_is_refused():
+  with pytest.raises(VMSError, match="unknown baseline.*nope.*known: centre, gbvs"):
+    evaluate.parse_baselines("centre,nope")
+  assert evaluate.parse_baselines("gbvs, centre,gbvs") == ("gbvs", "centre")
+  assert evaluate.parse_baselines(None) == ("centre",)
+
+
+def test_dataset_without_maps_is_refused(trained_workdir, monkeypatch, capsys):
+  from vmsjax.data import pipeline
+
+  records = [
+    {"image": np.zeros((224, 224, 3), np.uint8), "category": 0, "id": f"{i}.jpg", "score": 0.5}
+    for i in range(3)
+  ]
+  monkeypatch.setattr(pipeline, "open_split", lambda name, split, data_dir: records)
+  code = cli.main(["evaluate", "--workdir", str(trained_workdir), "--dataset", "lamem"])
+  err = capsys.readouterr().err
+  assert code == 2 and len(err.strip().splitlines()) == 1
+  assert "lamem/test has no VMS maps" in err
+
+
+def test_report_json_has_no_nan(report):
+  def walk(x):
+    if isinstance(x, dict):
+      for v in x.values():
+        walk(v)
+    elif isinstance(x, float):
+      assert math.isfinite(x)
+
+  walk(report)
+
+
+def test_gbvs_baseline_is_gbvs_scaled_per_channel():
+  from vmsjax import saliency
+
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
+  target = rng.uniform(size=(3, 32, 32, 2)).astype(np.float32)
+  got = evaluate.gbvs_baseline(images, target)
+  assert got.shape == target.shape and got.dtype == np.float32
+  g = saliency.gbvs_batch(images)  # (3, 32, 32)
+  for c in range(2):
+    # One least-squares factor per channel over all images, fitted independently here.
+    a, *_ = np.linalg.lstsq(g.reshape(-1, 1).astype(np.float64), target[..., c].ravel())
+    assert a[0] > 0
+    np.testing.assert_allclose(got[..., c], a[0] * g, rtol=1e-5, atol=1e-7)
+
+
+def test_other_dataset_without_categories(trained_workdir, monkeypatch):
+  # A dataset with maps but no VISCHEMA categories, evaluated with --dataset: its
+  # files are named after it, and the per-category parts are left out.
+  from vmsjax.data import pipeline
+
+  rng = np.random.default_rng(0)
+  records = [
+    {
+      "image": rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
+      "vms": rng.uniform(size=(224, 224, 2)).astype(np.float32),
+      "id": f"{i}.png",
+    }
+    for i in range(6)
+  ]
+  monkeypatch.setattr(pipeline, "open_split", lambda name, split, data_dir: records)
+  got = evaluate.evaluate(trained_workdir, checkpoint=12, dataset="other/cfg", baselines="none")
+  assert got["images"] == 6 and got["categories"] == {} and got["dataset"] == "other/cfg"
+  assert got["files"] == {"json": "other-cfg-test-12.json", "markdown": "other-cfg-test-12.md"}
+  md = (trained_workdir / "eval" / "other-cfg-test-12.md").read_text()
+  assert "## Table 1" in md and "Table 2" not in md and "## Per category" not in md
+  assert json.loads((trained_workdir / "eval" / "other-cfg-test-12.json").read_text()) == got
