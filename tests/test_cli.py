@@ -123,3 +123,27 @@ def test_nan_loss_stops_with_the_step(capsys, tmp_path, synthetic_data_dir):
   saved = sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
   assert saved and max(saved) < bad
   assert f"last good checkpoint is step {max(saved)}" in line
+
+
+def test_configs_saved_by_older_versions_compare_by_what_they_meant():
+  from vmsjax import config as config_lib
+
+  current = config_lib.load(None)
+  saved = config_lib.flat(current)
+  older = {k: v for k, v in saved.items() if k != "data.seed" and not k.startswith("features.")}
+  nested: dict = {}
+  for key, value in older.items():
+    *parents, leaf = key.split(".")
+    node = nested
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  # Absent keys at what the older code did: no difference, the run resumes.
+  assert config_lib.differences(nested, current) == []
+  # The older code drew its data order from `seed`: a different data.seed is a change.
+  nested["seed"] = 3
+  current.seed = 3
+  assert config_lib.differences(nested, current) == ["data.seed: 3 -> 0"]
+  current.data.seed = 3
+  current.features.cache = "memory"
+  assert config_lib.differences(nested, current) == ["features.cache: 'off' -> 'memory'"]

@@ -156,3 +156,18 @@ def test_bad_sweeps_are_one_line_errors(tmp_path, capsys):
     sweep.load(str(tmp_path / "missing.py"))
   with pytest.raises(VMSError, match="unknown arg"):
     sweep.load(str(REPO / "experiments" / "table1.py") + ":bogus")
+
+
+def test_config_flags_reach_sweep_points_and_are_refused_elsewhere(tmp_path, capsys):
+  spec = _write_sweep(tmp_path / "tiny_sweep.py", tmp_path / "data")
+  argv = ["sweep", spec, "--workdir", str(tmp_path / "w"), "--print-commands"]
+  assert cli.main([*argv, "--config.model.latent=5", "--set", "loss.l2=0.5"]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 2
+  for line in lines:
+    assert "--config.model.latent=5" in line and "--config.loss.l2=0.5" in line
+  # A command that takes no config overrides refuses them by name.
+  assert cli.main(["evaluate", "--workdir", str(tmp_path / "w"), "--config.model.latent=5"]) == 2
+  assert "--config.model.latent=5" in capsys.readouterr().err
+  assert cli.main([*argv, "--bogus"]) == 2
+  assert "--bogus" in capsys.readouterr().err

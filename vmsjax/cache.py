@@ -411,7 +411,7 @@ def batch_rows(
   from vmsjax.data import pipeline
 
   # The same order object train_batches uses, so the two can never drift apart.
-  order = pipeline._EpochOrder(size, seed)  # noqa: SLF001
+  order = pipeline.EpochOrder(size, seed)
   choice = _EpochViews(size, views, seed)
   local = batch_size // process_count
   step = start_step

@@ -126,8 +126,14 @@ def run(argv: list[str]) -> int:
     train.train_and_evaluate(config, args.workdir)
     print(f"training finished; evaluate with: vmsjax evaluate --workdir {args.workdir}")
     return 0
-  if rest:
-    _split_overrides(rest)  # raises with the offending argument
+  plugin = next((m for m in commands.modules() if m.NAME == args.command), None)
+  if plugin is not None and getattr(plugin, "ACCEPTS_CONFIG_OVERRIDES", False):
+    args.config_overrides = _split_overrides(rest)
+  elif rest:
+    raise VMSError(
+      f"unrecognised argument {rest[0]!r} for `vmsjax {args.command}` "
+      f"(see vmsjax {args.command} --help)"
+    )
   if args.command == "evaluate":
     from vmsjax import evaluate
 
@@ -150,9 +156,8 @@ def run(argv: list[str]) -> int:
     if args.data_command == "info":
       print(pipeline.describe(args.name, args.data_dir))
       return 0
-  for module in commands.modules():
-    if args.command == module.NAME:
-      return module.run(args)
+  if plugin is not None:
+    return plugin.run(args)
   if args.command == "convert-vgg16":
     from vmsjax import weights
 

@@ -269,15 +269,31 @@ def flat(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str
   return out
 
 
+def implied_by_older(saved_flat: dict[str, Any], key: str) -> Any:
+  """What a config saved before `key` existed meant for it: the behaviour of the code
+  that wrote it. `data.seed` did not exist and the input side used `seed`; keys added
+  later with a default that keeps the old behaviour (features.*, ...) mean that default.
+  """
+  if key == "data.seed" and "seed" in saved_flat:
+    return saved_flat["seed"]
+  return flat(base_config()).get(key, "<absent>")
+
+
 def differences(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
-  """Keys (outside RESUMABLE_KEYS) whose values differ, as 'key: old -> new'."""
+  """Keys (outside RESUMABLE_KEYS) whose values differ, as 'key: old -> new'.
+
+  A key that the saved config lacks (written by an older vmsjax) compares by what it
+  meant then (`implied_by_older`), so that older workdirs resume and evaluate.
+  """
   a, b = flat(saved), flat(current)
   out = []
   for key in sorted(set(a) | set(b)):
     if key in RESUMABLE_KEYS:
       continue
-    if a.get(key, "<absent>") != b.get(key, "<absent>"):
-      out.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
+    old = a[key] if key in a else implied_by_older(a, key)
+    new = b.get(key, "<absent>")
+    if old != new:
+      out.append(f"{key}: {old!r} -> {new!r}")
   return out
 
 

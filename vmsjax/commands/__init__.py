@@ -8,6 +8,9 @@ cheap to import (no jax, tfds or matplotlib at module level: import them inside
   HELP: str                       one line for `vmsjax --help`
   add_arguments(parser) -> None   its argparse arguments
   run(args) -> int                the exit code; raise VMSError for anything the user can fix
+
+and may set ACCEPTS_CONFIG_OVERRIDES = True to receive `--config.KEY=VALUE` arguments as
+`args.config_overrides` (a list of "KEY=VALUE"); other commands refuse them.
 """
 
 from __future__ import annotations

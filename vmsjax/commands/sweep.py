@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 NAME = "sweep"
+ACCEPTS_CONFIG_OVERRIDES = True  # --config.KEY=VALUE counts like --set KEY=VALUE
 HELP = "train and evaluate a sweep file's points (grouping those that can share a step)"
 
 
@@ -51,7 +52,6 @@ def run(args: argparse.Namespace) -> int:
   from vmsjax import sweep
   from vmsjax.errors import VMSError
 
-  # `--config.KEY=VALUE` arguments, when cli.py hands them to commands, count like --set.
   extra = [*(getattr(args, "config_overrides", None) or ()), *args.set]
   if args.max_group < 0:
     raise VMSError(f"--max-group must be >= 0, got {args.max_group}")

@@ -460,7 +460,7 @@ def _stack(examples: Sequence[dict[str, Any]]) -> Batch:
   return batch
 
 
-class _EpochOrder:
+class EpochOrder:
   """Maps a position in the concatenated per-epoch permutations to a record index."""
 
   def __init__(self, size: int, seed: int):
@@ -532,7 +532,7 @@ def train_batches(
     raise VMSError(f"cannot train on an empty source: {source!r}")
 
   local = batch_size // process_count
-  order = _EpochOrder(len(source), seed)
+  order = EpochOrder(len(source), seed)
   records = grain.MapDataset.source(source)
 
   def record_of(element: int) -> dict[str, Any]:
