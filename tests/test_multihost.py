@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -62,16 +63,19 @@ def test_two_processes_match_one_process(tmp_path, synthetic_data_dir):
     )
     for i in range(2)
   ]
-  outs = []
+  # Wait for both; as soon as one fails, stop the other (it would wait for its peer).
+  deadline = time.monotonic() + 420
   try:
-    for p in procs:
-      out, _ = p.communicate(timeout=420)
-      outs.append(out)
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+      if any(p.poll() not in (None, 0) for p in procs):
+        break
+      time.sleep(0.5)
   finally:
     for p in procs:
       p.kill()
+  outs = [p.communicate()[0] for p in procs]
   for i, (p, out) in enumerate(zip(procs, outs, strict=True)):
-    assert p.returncode == 0, f"process {i} failed:\n{out[-3000:]}"
+    assert p.returncode == 0, f"process {i} failed ({p.returncode}):\n{out[-3000:]}"
 
   # The same run in this process, on its 4 simulated devices.
   single = tmp_path / "one"

@@ -4,6 +4,7 @@
   vmsjax evaluate --workdir DIR [--split test] [--checkpoint STEP] [--baselines centre,gbvs]
   vmsjax data build NAME[/CONFIG] [--manual_dir DIR] [--data_dir DIR] [--skip_bad_files]
   vmsjax data info NAME[/CONFIG] [--data_dir DIR]
+  vmsjax data export NAME:SPLIT --out DIR [--limit N] [--data_dir DIR]
   vmsjax convert-vgg16 SRC OUT.npz
   vmsjax <command> ...   each module of vmsjax/commands/ (predict, saliency, study, sweep ...)
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vmsjax import commands
+from vmsjax import commands, distributed
 from vmsjax.errors import VMSError
 
 DEFAULT_WORKDIR = "runs/synthetic"
@@ -85,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
   i = dsub.add_parser("info", help="examples per split and per category")
   i.add_argument("name", help=names)
   i.add_argument("--data_dir", default="data")
+  x = dsub.add_parser(
+    "export", help="write a split's images as PNG (and its maps as .npy) to look at or predict"
+  )
+  x.add_argument("spec", metavar="NAME:SPLIT", help="e.g. synthetic:test")
+  x.add_argument("--out", required=True, help="the folder to write")
+  x.add_argument("--limit", type=int, default=None, help="the first N images in id order")
+  x.add_argument("--data_dir", default="data")
 
   c = sub.add_parser(
     "convert-vgg16",
@@ -114,7 +122,7 @@ def run(argv: list[str]) -> int:
   args, rest = _parser().parse_known_args(argv)
   if args.command == "train":
     from vmsjax import config as config_lib
-    from vmsjax import distributed, train
+    from vmsjax import train
 
     overrides = _split_overrides(rest)
     config = config_lib.load(args.config)
@@ -156,6 +164,14 @@ def run(argv: list[str]) -> int:
     if args.data_command == "info":
       print(pipeline.describe(args.name, args.data_dir))
       return 0
+    if args.data_command == "export":
+      name, sep, split = args.spec.partition(":")
+      if not sep or not name or not split:
+        raise VMSError(f"{args.spec!r}: expected NAME:SPLIT, e.g. synthetic:test")
+      source = pipeline.open_split(name, split, args.data_dir)
+      paths = pipeline.export(source, args.out, args.limit)
+      print(f"wrote {len(paths)} images of {name}:{split} to {args.out}")
+      return 0
   if plugin is not None:
     return plugin.run(args)
   if args.command == "convert-vgg16":
@@ -176,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     return run(argv)
   except VMSError as e:
     print(f"vmsjax: error: {' '.join(str(e).split())}", file=sys.stderr)
+    distributed.exit_now_if_joined(2)
     return 2
   except KeyboardInterrupt:
     print("vmsjax: interrupted", file=sys.stderr)

@@ -21,6 +21,7 @@ import os
 from vmsjax.errors import VMSError
 
 MODES = ("auto", "on", "off")
+_joined = False
 
 
 def _cluster_tasks() -> int:
@@ -83,7 +84,25 @@ def initialize(
       f"could not join the multi-process job ({e}); check --coordinator_address "
       "(reachable from every host) and that every process was started"
     ) from e
+  global _joined
+  _joined = True
   return True
+
+
+def exit_now_if_joined(code: int) -> None:
+  """Ends this process at once when it is part of a multi-process job.
+
+  A process that stops on an error must not run JAX's orderly shutdown: that waits at
+  a barrier for every other process, while they wait for this one inside a collective,
+  and the job hangs. Exiting at once lets the others fail on the coordination
+  service's lost-heartbeat error instead. A no-op in a single-process run.
+  """
+  if _joined:
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def is_main() -> bool:

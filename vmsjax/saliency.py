@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -279,13 +280,40 @@ _LMS2DKL = _lms2dkl()
 _DKL_SCALE = np.array([0.5774, 2.7525, 0.4526])
 
 
-def dkl_lut_index(rgb: jax.Array) -> jax.Array:
-  """The 0-based row of the gamma table for RGB values in [0, 1].
+@functools.cache
+def lut_thresholds(dtype: str) -> np.ndarray:
+  """T[k], k = 0..256: the largest value of `dtype` that is <= k / 255 (exactly).
 
-  rgb2dkl.m looks values up with ceil(v * 255) clamped to 1..256 (1-based) - so v = k/255
-  reads row k - 1, and 0 reads row 0.
+  For v of that dtype, v <= T[k] exactly when the real number 255 v is <= k, so
+  ceil(255 v) can be found without rounding the product.
   """
-  return (jnp.clip(jnp.ceil(rgb * 255.0), 1.0, 256.0) - 1.0).astype(jnp.int32)
+  dt = np.dtype(dtype)
+  out = np.empty(257, dt)
+  for k in range(257):
+    t = dt.type(k / 255)
+    while Fraction(float(t)) > Fraction(k, 255):
+      t = np.nextafter(t, dt.type(-1))
+    while Fraction(float(np.nextafter(t, dt.type(2)))) <= Fraction(k, 255):
+      t = np.nextafter(t, dt.type(2))
+    out[k] = t
+  return out
+
+
+def dkl_lut_index(rgb: jax.Array) -> jax.Array:
+  """The 0-based row of the gamma table for RGB values in [0, 1] (rgb2dkl.m).
+
+  rgb2dkl.m, for double input: `rgb = ceil(rgb * 255); rgb(rgb < 1) = 1; rgb(rgb > 256) =
+  256`, 1-based. The values it gets are mySubsample outputs, float32 numbers held in
+  doubles, so `rgb * 255` is exact in MATLAB and the ceil sees on which side of an integer
+  the value really lies: a flat region of level k (value fl32(k / 255)) reads row k or
+  k + 1 depending on how k / 255 rounded to float32. A float32 `ceil(v * 255)` would round
+  the product to k first; this finds the exact ceil with the thresholds of
+  `lut_thresholds`: round(255 v) is within one of it, and v > T[c] says 255 v > c.
+  """
+  thresholds = jnp.asarray(lut_thresholds(np.dtype(rgb.dtype).name))  # (257,)
+  c0 = jnp.clip(jnp.round(rgb * 255.0), 0, 256).astype(jnp.int32)
+  c = c0 + (rgb > thresholds[c0]).astype(jnp.int32)  # exact ceil(255 v)
+  return jnp.clip(c, 1, 256) - 1
 
 
 def rgb_to_dkl(rgb: jax.Array) -> jax.Array:

@@ -206,6 +206,7 @@ def run(
   group: bool = True,
   max_group: int = 0,
   log=None,
+  baselines=None,
 ) -> dict:
   """Trains and evaluates every unfinished point of sweep `spec`; writes the report.
 
@@ -216,6 +217,8 @@ def run(
     group: train points that can share a step together (`vmsjax.multi`).
     max_group: the most points per group (0: no limit), to bound memory.
     log: where progress lines go (default stderr).
+    baselines: the evaluation's baselines (`evaluate.parse_baselines`; default centre).
+      A point evaluated before is not evaluated again, whatever its baselines.
 
   Returns:
     The report (also written to workdir/report.json and report.md).
@@ -268,7 +271,7 @@ def run(
       if i in errors or _eval_path(dirs[i], configs[i]).exists():
         continue
       print(f"sweep: evaluating {sweep.points[i].name}", file=log)
-      evaluate.evaluate(dirs[i])
+      evaluate.evaluate(dirs[i], baselines=baselines)
 
   # Keep the training times of groups trained by earlier runs of this sweep.
   trained_now = {name for t in timing for name in t["points"]}

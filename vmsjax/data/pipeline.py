@@ -27,6 +27,7 @@ import importlib
 import itertools
 import os
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grain
@@ -278,7 +279,8 @@ def open_split(name: str, split: str, data_dir: str) -> SplitSource:
 
   Args:
     name: one of `dataset_names()`.
-    split: a split of that dataset, e.g. "train" or "test".
+    split: a split of that dataset, e.g. "train" or "test", optionally with a tfds
+      slice, e.g. "test[:32]" (the first 32 records in file order) or "train[:10%]".
     data_dir: the TFDS data directory it was built into.
 
   Returns:
@@ -286,13 +288,47 @@ def open_split(name: str, split: str, data_dir: str) -> SplitSource:
 
   Raises:
     VMSError: unknown dataset, dataset not built in `data_dir` (the message gives
-      the build command), or unknown split.
+      the build command), unknown split or malformed slice.
   """
   builder = _prepared_builder(name, data_dir)
   splits = list(builder.info.splits)
-  if split not in splits:
+  if split.partition("[")[0] not in splits:
     raise VMSError(f"dataset {name!r} has no split {split!r}; splits: {', '.join(splits)}")
-  return SplitSource(builder, split, name)
+  try:
+    return SplitSource(builder, split, name)
+  except (ValueError, AssertionError) as e:  # tfds' message for a malformed slice
+    why = " ".join(str(e).split())
+    raise VMSError(f"bad split {split!r} of {name!r} ({why}); e.g. test or test[:32]") from e
+
+
+def export(source: Sequence, out: str | Path, limit: int | None = None) -> list[Path]:
+  """Writes a split's images as PNG files (lossless) and its maps as .npy beside them.
+
+  The first `limit` records in id order (all when None) go to `out/<id stem>.png` and,
+  where the dataset has maps, `out/maps/<id stem>.npy` (float32 (224, 224, 2)). The
+  images are what the model reads, so `vmsjax predict` on the folder sees exactly the
+  dataset's pixels. Returns the image paths.
+  """
+  from PIL import Image
+
+  if limit is not None and limit <= 0:
+    raise VMSError(f"--limit must be a positive number of images, got {limit}")
+  out = Path(out)
+  order = sorted(range(len(source)), key=lambda i: source.ids()[i])
+  written = []
+  for i in order[:limit]:
+    example = source[i]
+    stem = Path(example["id"]).stem
+    path = out / f"{stem}.png"
+    if path in written:
+      raise VMSError(f"two records of {source!r} have the image name {stem}; cannot export")
+    out.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(example["image"]).save(path)
+    if "vms" in example:
+      (out / "maps").mkdir(exist_ok=True)
+      np.save(out / "maps" / f"{stem}.npy", example["vms"].astype(np.float32))
+    written.append(path)
+  return written
 
 
 def num_examples(source: Sequence) -> int:

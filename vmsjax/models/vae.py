@@ -8,15 +8,110 @@ of the optimiser, and lets a feature cache skip the trunk entirely.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
 from vmsjax.models import vgg16
 
 N_UPSAMPLE = 5  # five stride-2 transposed convolutions: H/32 -> H
+
+
+# --------------------------------------------------------------------------- sub-pixel
+
+
+def _same_pads(k: int, s: int) -> tuple[int, int]:
+  """Padding of the dilated input that `lax.conv_transpose(padding="SAME")` uses."""
+  pad_len = k + s - 2
+  pad_a = k - 1 if s > k - 1 else math.ceil(pad_len / 2)
+  return pad_a, pad_len - pad_a
+
+
+def _phase_taps(k: int, s: int) -> tuple[np.ndarray, int]:
+  """For one axis: (taps (L, s), lo) with taps[d, a] the kernel index that output phase a
+  takes from input offset d + lo (relative to the output's input pixel), or k for none.
+
+  Output pixel s*i + a of a SAME transposed convolution sums x[i + d] * kernel[t] over
+  the taps t with (a + t - pad_a) divisible by s, d = (a + t - pad_a) / s.
+  """
+  pad_a, _ = _same_pads(k, s)
+  pairs = [(a, t, (a + t - pad_a) // s) for a in range(s) for t in range(k)]
+  pairs = [(a, t, d) for a, t, d in pairs if (a + t - pad_a) % s == 0]
+  lo = min(d for _, _, d in pairs)
+  hi = max(d for _, _, d in pairs)
+  taps = np.full((hi - lo + 1, s), k, np.int32)
+  for a, t, d in pairs:
+    taps[d - lo, a] = t
+  return taps, lo
+
+
+def subpixel_conv_transpose(x: jnp.ndarray, kernel: jnp.ndarray, strides: tuple[int, int]):
+  """`lax.conv_transpose(x, kernel, strides, "SAME")` as a plain convolution + depth-to-space.
+
+  Args:
+    x: (B, H, W, C_in).
+    kernel: (kh, kw, C_in, C_out), the layout `nn.ConvTranspose` stores (not flipped).
+    strides: (sh, sw).
+
+  Returns:
+    (B, H * sh, W * sw, C_out).
+  """
+  kh, kw, c_in, c_out = kernel.shape
+  sh, sw = strides
+  ty, lo_y = _phase_taps(kh, sh)  # (Ly, sh)
+  tx, lo_x = _phase_taps(kw, sw)  # (Lx, sw)
+  # A zero row and column at index k stand for "no tap".
+  padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
+  k2 = padded[ty[:, None, :, None], tx[None, :, None, :]]  # (Ly, Lx, sh, sw, C_in, C_out)
+  ly, lx = ty.shape[0], tx.shape[0]
+  k2 = k2.transpose(0, 1, 4, 2, 3, 5).reshape(ly, lx, c_in, sh * sw * c_out)
+  y = lax.conv_general_dilated(
+    x,
+    k2,
+    window_strides=(1, 1),
+    padding=((-lo_y, ly - 1 + lo_y), (-lo_x, lx - 1 + lo_x)),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )  # (B, H, W, sh * sw * C_out)
+  b, h, w, _ = y.shape
+  y = y.reshape(b, h, w, sh, sw, c_out).transpose(0, 1, 3, 2, 4, 5)
+  return y.reshape(b, h * sh, w * sw, c_out)  # (B, H*sh, W*sw, C_out)
+
+
+class SubpixelConvTranspose(nn.Module):
+  """Drop-in for the decoder's `nn.ConvTranspose(..., padding="SAME")` layers.
+
+  Same parameter names, shapes and initialisers as `nn.ConvTranspose` (so checkpoints
+  and initial values carry over), same outputs to float rounding; computed by
+  `subpixel_conv_transpose`.
+  """
+
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int] = (1, 1)
+  padding: str = "SAME"
+  use_bias: bool = True
+  dtype: jnp.dtype | None = None
+  param_dtype: jnp.dtype = jnp.float32
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  bias_init: Callable = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    if self.padding != "SAME" or len(self.kernel_size) != 2:
+      raise NotImplementedError("SubpixelConvTranspose covers 2-D SAME padding only")
+    shape = tuple(self.kernel_size) + (x.shape[-1], self.features)
+    kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+    dtype = self.dtype or jnp.result_type(x, kernel)
+    y = subpixel_conv_transpose(x.astype(dtype), kernel.astype(dtype), tuple(self.strides))
+    if self.use_bias:
+      bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+      y = y + bias.astype(dtype)
+    return y
 
 
 class LatentHead(nn.Module):
@@ -60,7 +155,7 @@ class Decoder(nn.Module):
     for i, width in enumerate(widths):
       last = i == len(widths) - 1
       norm = self.output_batchnorm or not last
-      x = nn.ConvTranspose(
+      x = SubpixelConvTranspose(
         width,
         (self.kernel, self.kernel),
         strides=(2, 2),
