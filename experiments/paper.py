@@ -47,9 +47,11 @@ import datetime
 import hashlib
 import json
 import math
+import re
 import shlex
 import shutil
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -253,7 +255,7 @@ def table1_section(ctx: Context) -> dict:
     for c, d in zip(ctx.configs, ctx.dirs, strict=True):
       train_lib.check_workdir_config(d, c)  # a foreign run there is an error, as in training
   else:
-    ctx.log(f"training and evaluating {', '.join(p.name for p in sw.points)} in {ctx.runs}")
+    ctx.log(f"sweep {ctx.spec} in {ctx.runs} (trains and evaluates what is not done)")
     sweep_report = sweep.run(ctx.spec, ctx.runs, extra, baselines=ctx.baselines)
   failed = {
     p["name"]: p.get("error", "")
@@ -508,7 +510,7 @@ def external_section(ctx: Context) -> dict:
         specs.append("vischema2:test")
   studies = []
   for spec in specs:
-    out = ctx.studies / "external" / spec.replace("/", "-").replace(":", "_")
+    out = ctx.studies / "external" / re.sub(r"[^A-Za-z0-9_.+-]+", "_", spec).strip("_")
     entry: dict[str, Any] = {"data": spec, "files": str(out)}
     source = ctx.open(spec)
     if not ids & set(analysis.source_ids(source)):
@@ -713,6 +715,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], log=None) -> dict:
         ctx.sections[name] = {"status": "skipped", "reason": "no trained model (see table1)"}
         continue
       say(f"section {name}")
+      t0 = time.perf_counter()
       try:
         ctx.sections[name] = RUNNERS[name](ctx)
       except VMSError as e:
@@ -720,6 +723,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], log=None) -> dict:
           raise  # a bad config or a foreign run: nothing else can run
         say(f"section {name} failed: {e}")
         ctx.sections[name] = {"status": "failed", "reason": str(e)}
+      ctx.sections[name]["seconds"] = round(time.perf_counter() - t0, 1)
   report = analysis.jsonable(report)
   records.write_json(ctx.workdir / "paper.json", report)
   (ctx.workdir / "paper.md").write_text(markdown(report))

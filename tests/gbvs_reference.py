@@ -3,9 +3,12 @@
 Written from the MATLAB/C sources of the GBVS package (read in the public copy
 sergeyk/vislab, matlab/gbvs/, cross-checked against roloyolanavarro/compOcular and
 NUS-VIP/predicting-human-gaze-beyond-pixels), not from vmsjax/saliency.py, to serve as an
-independent reference for it. Float64 throughout, as MATLAB; loops where the MATLAB code
-loops; MATLAB's 1-based indices are kept in comments. Each function names the file it
-transliterates.
+independent reference for it. Float64 as in MATLAB, except inside mySubsample, which
+keeps the mex's float storage; loops where the MATLAB code loops; MATLAB's 1-based
+indices kept where the code computes with them (imresize, attenuateBordersGBVS, the
+lookup table). The MATLAB built-ins the package calls (imresize, mat2gray, conv2,
+normpdf, round) follow the MathWorks code / documentation. Each function names the file
+it transliterates.
 
   gbvs(img_uint8) -> out.master_map_resized, float64 (H, W)
 
@@ -46,12 +49,15 @@ def matlab_round(x):
 
 
 def mat2gray(a):
-  """mat2gray(A) with the default limits [min(A(:)) max(A(:))]."""
+  """mat2gray.m, default limits [min(A(:)) max(A(:))]."""
   a = np.asarray(a, np.float64)
   lo, hi = a.min(), a.max()
-  if hi == lo:
-    return np.clip(a, 0.0, 1.0)  # constant image: MATLAB returns double(A), clipped
-  return np.clip((a - lo) / (hi - lo), 0.0, 1.0)
+  if hi == lo:  # "Constant Image"
+    i = a.copy()
+  else:
+    delta = 1 / (hi - lo)
+    i = delta * a - lo * delta  # imlincomb(delta, A, -limits(1)*delta, 'double')
+  return np.maximum(0, np.minimum(i, 1))
 
 
 def _cubic(x):
@@ -577,7 +583,7 @@ def principalEigenvectorRaw(markovA, tol):
   while df > tol:
     oldv = v
     oldoldv = oldv
-    v = markovA @ v
+    v = np.einsum("ij,j->i", markovA, v)  # markovA * v (einsum: no BLAS threads to wait on)
     df = np.linalg.norm(oldv - v)
     it += 1
     s = v.sum()

@@ -3,6 +3,7 @@
 import math
 from fractions import Fraction
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -381,7 +382,7 @@ def test_feature_maps_match_literal_matlab_transliteration():
     want += [raw["dklcolor"]["val"][t][lev] for t in (1, 2, 3)]
     want += [raw["intensity"]["val"][1][lev]]
     want += [raw["orientation"]["val"][t][lev] for t in (1, 2, 3, 4)]
-  got = np.asarray(saliency.feature_maps(jnp.asarray(img, jnp.float32) / 255.0))
+  got = np.asarray(jax.jit(saliency.feature_maps)(jnp.asarray(img, jnp.float32) / 255.0))
   assert got.shape == (24, 32, 32)
   for i, (g, w) in enumerate(zip(got, want, strict=True)):
     # I and O: float32 rounding only. D: also the odd table row where the port's float32

@@ -1,12 +1,18 @@
 """GBVS saliency (Harel, Koch & Perona, NIPS 2006) in JAX.
 
-A port of Jonathan Harel's MATLAB `gbvs.m` with the defaults of its `makeGBVSParams.m`:
-channels "DIO" (DKL colour, intensity, orientation), feature levels 2-4, 32-pixel
-working maps, graph activation (sigma_frac_act 0.15) by the equilibrium of a Markov
-chain, normalisation by raising to the power 1.5 (normalizationType 1), border
-attenuation, a final blur (blurfrac 0.02) and a bicubic resize to the image size.
-docs/saliency.md lists every step with the MATLAB function it follows, and where this
-port had to guess or deviates.
+A port of Jonathan Harel's MATLAB `gbvs.m` (GBVS revision of 7/24/2012) with the
+defaults of its `makeGBVSParams.m`: channels "DIO" (DKL colour, intensity, orientation),
+feature levels 2-4 (1/4, 1/8, 1/16 of the image), 32-pixel working maps, graph activation
+(`graphsalapply` algtype 2: edge weight exp(-d^2 / 2 sigma^2) |A(i) - A(j)|,
+sigma_frac_act 0.15) by the equilibrium of a Markov chain, normalisation by raising to
+the power 1.5 (normalizationType 1 = `graphsalapply` algtype 4, which returns before
+sigma_frac_norm or num_norm_iters are used), summation, border attenuation, a final blur
+(blurfrac 0.02) and a bicubic resize to the image size.
+
+Every step follows the MATLAB/C sources of the GBVS package (read in the public copy
+sergeyk/vislab, matlab/gbvs/) and is checked against tests/gbvs_reference.py, a literal
+float64 numpy transliteration of them. docs/saliency.md lists each step with its MATLAB
+file and what cannot be verified without MATLAB.
 
   gbvs(image)          uint8 (H, W, 3) -> float32 (H, W) in [0, 1]
   gbvs_batch(images)   uint8 (N, H, W, 3) -> float32 (N, H, W); jitted, vmapped
@@ -206,11 +212,15 @@ def graph_weights(height: int, width: int, sigma_frac: float = SIGMA_FRAC_ACT) -
 
 
 def mat2gray(x: jax.Array) -> jax.Array:
-  """MATLAB's mat2gray over the last two axes: (x - min) / (max - min); 0 where constant."""
+  """MATLAB's mat2gray over the last two axes: (x - min) / (max - min).
+
+  A constant map comes back as itself clipped to [0, 1], as mat2gray.m does
+  ("Constant Image": I = double(A); then I = max(0, min(I, 1))).
+  """
   lo = jnp.min(x, axis=(-2, -1), keepdims=True)
   hi = jnp.max(x, axis=(-2, -1), keepdims=True)
   span = hi - lo
-  return jnp.where(span > 0, (x - lo) / jnp.where(span > 0, span, 1.0), 0.0)
+  return jnp.where(span > 0, (x - lo) / jnp.where(span > 0, span, 1.0), jnp.clip(x, 0.0, 1.0))
 
 
 def imresize(x: jax.Array, size: tuple[int, int], antialias: bool = True) -> jax.Array:
@@ -222,16 +232,22 @@ def imresize(x: jax.Array, size: tuple[int, int], antialias: bool = True) -> jax
 
 
 def subsample(x: jax.Array) -> jax.Array:
-  """mySubsample of the last two axes: halves each with the [1 5 10 10 5 1] filter.
+  """mySubsample.cc of the last two axes: halves each with the [1 5 10 10 5 1] filter.
 
-  Like the mex, an image whose height or width is 10 or less is returned unchanged.
+  Like the mex, an image whose height or width is 10 or less is returned unchanged, the
+  width is decimated first (lowPass6xDecX, then lowPass6yDecY) and the input, the
+  intermediate and the output are held as float32 (the mex works on float copies).
+  The float32 sums differ from the mex's float/double mix in the last bit.
   """
   h, w = x.shape[-2:]
   if h <= 10 or w <= 10:
     return x
   dy = jnp.asarray(decimation_matrix(h), x.dtype)  # (h // 2, h)
   dx = jnp.asarray(decimation_matrix(w), x.dtype)  # (w // 2, w)
-  return jnp.einsum("oh,...hw,pw->...op", dy, x, dx, precision=_HIGHEST)
+  f32 = lambda a: a.astype(jnp.float32).astype(x.dtype)  # noqa: E731
+  # Like the mex: input, x-decimated and final arrays held as float32; x first, then y.
+  decx = f32(jnp.einsum("...hw,pw->...hp", f32(x), dx, precision=_HIGHEST))
+  return f32(jnp.einsum("oh,...hp->...op", dy, decx, precision=_HIGHEST))
 
 
 def _conv_replicate(x: jax.Array, kernels: np.ndarray) -> jax.Array:
