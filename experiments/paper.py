@@ -248,6 +248,24 @@ def _rho_all(row: dict) -> float:
   return -math.inf if v is None else v
 
 
+def preflight(ctx: Context) -> None:
+  """Refuses, before anything trains, a run that cannot start: data or weights missing."""
+  c = ctx.configs[0]
+  if not c.data.auto_build and not pipeline.is_built(c.data.name, c.data.data_dir):
+    raise VMSError(
+      f"dataset {c.data.name} is not built in {c.data.data_dir}: build it with `vmsjax data "
+      f"build {c.data.name} --manual_dir DIR --data_dir {c.data.data_dir}` (docs/data.md), "
+      "or give --data_dir where it is, or use --dataset synthetic"
+    )
+  if not c.model.encoder.weights and not c.model.encoder.allow_random:
+    raise VMSError(
+      f"the {ctx.args.dataset} models need ImageNet VGG-16 weights: pass --weights "
+      "/path/to/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (README: VGG-16 weights)"
+    )
+  if c.model.encoder.weights and not Path(c.model.encoder.weights).is_file():
+    raise VMSError(f"--weights {c.model.encoder.weights}: no such file")
+
+
 def table1_section(ctx: Context) -> dict:
   sw, extra = ctx.sweep, ctx.extra
   sweep_report = None
@@ -255,6 +273,7 @@ def table1_section(ctx: Context) -> dict:
     for c, d in zip(ctx.configs, ctx.dirs, strict=True):
       train_lib.check_workdir_config(d, c)  # a foreign run there is an error, as in training
   else:
+    preflight(ctx)
     ctx.log(f"sweep {ctx.spec} in {ctx.runs} (trains and evaluates what is not done)")
     sweep_report = sweep.run(ctx.spec, ctx.runs, extra, baselines=ctx.baselines)
   failed = {
@@ -317,8 +336,11 @@ def table1_section(ctx: Context) -> dict:
     "paper": PAPER["table1"],
   }
   if not done:
+    reasons = {}  # reason -> models, so that one cause shared by all is said once
+    for r in rows:
+      reasons.setdefault(r["reason"], []).append(r["name"])
     section["reason"] = "no model finished training: " + "; ".join(
-      f"{r['name']}: {r['reason']}" for r in rows
+      f"{', '.join(names)}: {why}" for why, names in reasons.items()
     )
     return section
   if ctx.args.best:
@@ -512,7 +534,11 @@ def external_section(ctx: Context) -> dict:
   for spec in specs:
     out = ctx.studies / "external" / re.sub(r"[^A-Za-z0-9_.+-]+", "_", spec).strip("_")
     entry: dict[str, Any] = {"data": spec, "files": str(out)}
-    source = ctx.open(spec)
+    try:
+      source = ctx.open(spec)
+    except VMSError as e:  # e.g. a dataset that is not built: that one is skipped
+      studies.append(entry | {"status": "skipped", "reason": str(e)})
+      continue
     if not ids & set(analysis.source_ids(source)):
       studies.append(
         entry | {"status": "skipped", "reason": f"no id of {csv_path} is an image of {spec}"}
@@ -551,7 +577,7 @@ def external_section(ctx: Context) -> dict:
   if not done:
     return section | {
       "status": "skipped",
-      "reason": "; ".join(s["reason"] for s in studies),
+      "reason": "; ".join(f"{s['data']}: {s['reason']}" for s in studies),
     }
   return section | {"status": "done", "commands": [c for s in done for c in s["commands"]]}
 
@@ -792,14 +818,6 @@ def _table1_md(s: dict) -> list[str]:
   return lines
 
 
-def _spearman_md(sp: dict) -> list[str]:
-  lines = ["| score | Spearman ρ | p | n |", "| --- | ---: | ---: | ---: |"]
-  for k in analysis.SCORES:
-    v = sp[k]
-    lines.append(f"| {k} | {fmt(v['rho'])} | {analysis.fmt_p(v['p'])} | {v['n']} |")
-  return lines
-
-
 def _saliency_md(s: dict) -> list[str]:
   lines = [
     s["what"] + ".",
@@ -841,8 +859,6 @@ def _section_md(name: str, s: dict) -> list[str]:
         lines += [st["markdown"]] if st["status"] == "done" else [f"**skipped**: {st['reason']}"]
         lines.append("")
     else:
-      if name in ("vischema2", "lamem"):
-        lines += _spearman_md(s["spearman"]) + [""]
       if s.get("figure"):
         lines += [f"![{name}]({s['figure']})", ""]
       lines += [s["markdown"]]
@@ -873,8 +889,8 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Runs the paper; 0 when every section is done or skipped, 1 if one failed, 2 on a
-  user error (printed in one line)."""
+  """Runs the paper; 0 when every section is done or skipped, 1 if a section or a model
+  failed (the report says which and why), 2 on a user error (printed in one line)."""
   argv = list(sys.argv[1:] if argv is None else argv)
   args = parse_args(argv)
   try:
@@ -883,10 +899,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"paper: {e}", file=sys.stderr)
     return 2
   out = Path(args.workdir)
-  print(f"written {out / 'paper.md'}, {out / 'paper.json'} and {out / 'figures'}/")
+  figures = f" and {out / 'figures'}/" if (out / "figures").is_dir() else ""
+  print(f"written {out / 'paper.md'}, {out / 'paper.json'}{figures}")
   failed = [n for n, s in report["sections"].items() if s["status"] == "failed"]
+  failed += [
+    f"table1 model {m['name']}"
+    for m in report["sections"]["table1"].get("models", [])
+    if m["status"] == "failed"
+  ]
   if failed:
-    print(f"paper: section(s) failed: {', '.join(failed)}", file=sys.stderr)
+    print(f"paper: failed: {', '.join(failed)}", file=sys.stderr)
     return 1
   return 0
 
