@@ -107,26 +107,34 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def load(spec: str | None) -> ml_collections.ConfigDict:
-  """Builds the config named by `path.py[:arg]` (the synthetic default when None)."""
-  spec = spec or DEFAULT_CONFIG
+def call_from_file(spec: str, function: str, kind: str) -> Any:
+  """Calls `function(arg)` of the Python file named by `spec` = `path.py[:arg]`.
+
+  Config files (`get_config`) and sweep files (`get_sweep`) are loaded this way; a
+  missing file, a file that fails to import, a missing function or a ValueError /
+  KeyError from it is a one-line VMSError naming the file (`kind` names it: "config").
+  """
   path, _, arg = spec.partition(":")
   file = Path(path)
   if not file.is_file():
-    raise VMSError(f"config file {path} not found; give --config path/to/config.py[:arg]")
-  module_spec = importlib.util.spec_from_file_location(f"vmsjax_config_{file.stem}", file)
+    raise VMSError(f"{kind} file {path} not found; give path/to/{kind}.py[:arg]")
+  module_spec = importlib.util.spec_from_file_location(f"vmsjax_{kind}_{file.stem}", file)
   module = importlib.util.module_from_spec(module_spec)
   try:
     module_spec.loader.exec_module(module)
-  except Exception as e:  # a user's config file: report it in one line
-    raise VMSError(f"config file {path} failed to load: {type(e).__name__}: {e}") from e
-  if not hasattr(module, "get_config"):
-    raise VMSError(f"config file {path} has no get_config(arg) function")
+  except Exception as e:  # a user's file: report it in one line
+    raise VMSError(f"{kind} file {path} failed to load: {type(e).__name__}: {e}") from e
+  if not hasattr(module, function):
+    raise VMSError(f"{kind} file {path} has no {function}(arg) function")
   try:
-    config = module.get_config(arg or None)
+    return getattr(module, function)(arg or None)
   except (ValueError, KeyError) as e:
-    raise VMSError(f"config {spec}: {e}") from e
-  return config
+    raise VMSError(f"{kind} {spec}: {e}") from e
+
+
+def load(spec: str | None) -> ml_collections.ConfigDict:
+  """Builds the config named by `path.py[:arg]` (the synthetic default when None)."""
+  return call_from_file(spec or DEFAULT_CONFIG, "get_config", "config")
 
 
 def _parse_value(key: str, text: str, current: Any) -> Any:

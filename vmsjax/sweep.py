@@ -26,7 +26,6 @@ over points sharing a `label` (e.g. the seeds of one model).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import re
@@ -82,22 +81,9 @@ def load(spec: str) -> tuple[Sweep, Path]:
     VMSError: missing file, a file without `get_sweep`, or a bad sweep (duplicate or
       invalid point names, malformed overrides).
   """
-  path, _, arg = spec.partition(":")
+  path = spec.partition(":")[0]
   file = Path(path)
-  if not file.is_file():
-    raise VMSError(f"sweep file {path} not found; give path/to/sweep.py[:arg]")
-  module_spec = importlib.util.spec_from_file_location(f"vmsjax_sweep_{file.stem}", file)
-  module = importlib.util.module_from_spec(module_spec)
-  try:
-    module_spec.loader.exec_module(module)
-  except Exception as e:  # a user's file: report it in one line
-    raise VMSError(f"sweep file {path} failed to load: {type(e).__name__}: {e}") from e
-  if not hasattr(module, "get_sweep"):
-    raise VMSError(f"sweep file {path} has no get_sweep(arg) function")
-  try:
-    sweep = module.get_sweep(arg or None)
-  except (ValueError, KeyError) as e:
-    raise VMSError(f"sweep {spec}: {e}") from e
+  sweep = config_lib.call_from_file(spec, "get_sweep", "sweep")
   if not isinstance(sweep, Sweep):
     raise VMSError(f"sweep file {path}: get_sweep must return a vmsjax.sweep.Sweep")
   check(sweep, spec)
