@@ -17,16 +17,18 @@ transfer and the data pipeline are not measured). `cpu_seconds_per_call` is the 
 CPU time per call (all threads): on a shared host it is steadier than the wall time, and
 on an idle host wall ~= CPU time / cores when every core is busy.
 
-FLOPs. `flops_analytic` counts the multiply-adds of the convolutions and dense layers
-(2 per MAC; a backward pass costs two forward passes for layers whose input gradient is
+FLOPs. `flops_analytic` counts the multiply-adds of the convolutions and dense layers (2
+per MAC; a backward pass costs two forward passes for layers whose input gradient is
 needed, one otherwise; transposed convolutions count only their useful MACs, not the
 zeros of the dilated input; the augmentation warp, norms and pointwise ops are not
 counted). `flops_xla` is XLA's `cost_analysis()` of the compiled executable, summed over
 devices: it also counts elementwise work, and only the kernel taps that fall inside the
-(unpadded, undilated) input; at 224x224 it is within 4% of the analytic count for every
-phase. `gflops_per_s` and `ceiling_ratio` use the analytic count (model FLOP
-utilisation); `gflops_per_s_xla` is given beside it. The VGG-16 trunk is about 30.7
-GFLOP per 224x224 image forward.
+(unpadded, undilated) input; at 224x224 it was within 4% of the analytic count for every
+phase. It is None (and so is `gflops_per_s_xla`) where a loop holds convolutions, since
+the cost model counts a loop's body once: on CPU the trunk runs in `lax.map`
+micro-batches, so the encoder, train and eval phases there have none. `gflops_per_s` and
+`ceiling_ratio` use the analytic count (model FLOP utilisation); `gflops_per_s_xla` is
+given beside it. The VGG-16 trunk is about 30.7 GFLOP per 224x224 image forward.
 
 Memory. `xla_memory_bytes` is the compiled step's argument + output + temporary buffers
 (from `memory_analysis()`, per device). `peak_memory_bytes` is the device's
@@ -54,6 +56,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -197,8 +200,14 @@ def analytic_flops(phase: str, config, batch: int) -> int:
 
 
 def xla_flops(compiled) -> float | None:
-  """Total FLOPs XLA's cost model gives a compiled executable, over all devices."""
+  """Total FLOPs XLA's cost model gives a compiled executable, over all devices.
+
+  None where a loop holds convolutions: the cost model counts a loop's body once, not
+  once per trip (the trunk runs in `lax.map` micro-batches on CPU, see `train.encode`).
+  """
   try:
+    if _convolutions_in_loops(compiled.as_text()):
+      return None
     cost = compiled.cost_analysis()
   except Exception:  # some backends do not implement it
     return None
@@ -208,6 +217,30 @@ def xla_flops(compiled) -> float | None:
     return None
   # The cost of an SPMD-partitioned executable is that of one device's program.
   return float(cost["flops"]) * jax.device_count()
+
+
+def _convolutions_in_loops(hlo: str) -> bool:
+  """Whether a `while` body of this HLO module (or what it calls) has a convolution."""
+  bodies: dict[str, str] = {}
+  name = None
+  for line in hlo.splitlines():
+    head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+    if head:
+      name = head.group(1)
+      bodies[name] = ""
+    elif name is not None:
+      bodies[name] += line + "\n"
+  todo = re.findall(r"\bwhile\(.*?\bbody=%?([\w.\-]+)", hlo)
+  seen: set[str] = set()
+  while todo:
+    comp = todo.pop()
+    if comp in seen or comp not in bodies:
+      continue
+    seen.add(comp)
+    if "convolution(" in bodies[comp]:
+      return True
+    todo += re.findall(r"(?:calls|body|to_apply|condition)=%?([\w.\-]+)", bodies[comp])
+  return False
 
 
 def xla_memory(compiled) -> int | None:
@@ -349,12 +382,15 @@ class Phases:
     return fn, (trained.state, self.enc_params, self.images), False
 
 
-def run_phase(phases: Phases, phase: str, repeats: int, iters: int) -> dict:
-  """Compiles, warms up and times one model phase; returns its record (no ceiling yet)."""
+def phase_call(phases: Phases, phase: str) -> tuple[Callable[[], None], Any, float]:
+  """(call, compiled, compile seconds) of one model phase, compiled and warmed up.
+
+  `call()` runs the phase once on its device-resident inputs and blocks until done; a
+  donated state (argument 0) is threaded through the calls.
+  """
   fn, args, donates = getattr(phases, f"{phase}_fn")()
   compiled, compile_s = compile_timed(fn, *args)
   if donates:
-    # The state (argument 0) is donated: thread it through the calls.
     holder = {"state": args[0]}
 
     def call():
@@ -367,6 +403,12 @@ def run_phase(phases: Phases, phase: str, repeats: int, iters: int) -> dict:
       jax.block_until_ready(compiled(*args))
 
   call()  # warm-up
+  return call, compiled, compile_s
+
+
+def run_phase(phases: Phases, phase: str, repeats: int, iters: int) -> dict:
+  """Compiles, warms up and times one model phase; returns its record (no ceiling yet)."""
+  call, compiled, compile_s = phase_call(phases, phase)
   seconds, cpu = time_calls(call, repeats, iters)
   step_s = statistics.median(seconds)
   batch = phases.batch

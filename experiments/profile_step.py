@@ -1,18 +1,19 @@
 """Where the paper-config training step spends its time on a CPU, before and after.
 
 Times the parts of the step one by one (augmentation warp, trunk forward, head + decoder
-step, whole step, prediction) as vmsjax has them ("base") and with the earlier forms
-patched back in, in one process so that before and after share the machine's load:
+step, whole step, prediction) as vmsjax has them ("base") and with other forms patched
+in, in one process so that all variants share the machine's load. Variant parts, joined
+by "+":
 
   convT     the decoder's stride-2 transposed convolutions as flax's `nn.ConvTranspose`
-            (`lax.conv_transpose`, a convolution with `lhs_dilation`), as vmsjax had
-            them before 2026-11-26. vmsjax now computes them as one ordinary
-            convolution of the undilated input with a (2, 2, C_in, 4 C_out) kernel
-            gathered from the same (3, 3, C_in, C_out) parameter, then depth-to-space
-            (`vae.SubpixelConvTranspose`): same parameters, same outputs to float
-            rounding. XLA's CPU backend has no fast path for the gradient of a
-            convolution with `lhs_dilation` and runs it 10-50x slower than an ordinary
+            (`lax.conv_transpose`: a convolution of the input dilated with zeros), as
+            vmsjax had them before 2026-11-26. XLA's CPU backend has no fast path for
+            that form's gradients and runs them 10-50x slower than an ordinary
             convolution of the same size.
+  subpixel, phases, matmul
+            every transposed convolution in that one of the equivalent forms of
+            `vae.conv_transpose` (same parameters, same outputs to float rounding);
+            vmsjax picks one per layer (`vae.conv_transpose_method`).
   whole     the frozen trunk over the whole batch at once, as before 2026-11-26.
             `train.encode` now runs it over micro-batches of 4 images (`lax.map`) on
             CPU, which keeps its activations closer to the caches.
@@ -23,19 +24,24 @@ Run:
   python experiments/profile_step.py      # warp, encoder, decoder, train; base and before
   python experiments/profile_step.py --batch 32 --parts train,eval,encoder \
       --variants convT+whole,whole,base
-  python experiments/profile_step.py --batch 8 --parts warp,decoder --variants convT,base
+  python experiments/profile_step.py --parts decoder,layers \
+      --variants convT,subpixel,phases,matmul,base
   XLA_FLAGS=--xla_cpu_use_onednn=true python experiments/profile_step.py --parts encoder
 
-Each line gives wall and process-CPU seconds per call: the median of `--repeats` calls
-after a warm-up call (the warp: the fastest). On a shared machine compare the CPU
-seconds. docs/benchmarks.md has the figures.
+Everything is compiled and warmed up first, then timed in `--repeats` rounds of one call
+of every (variant, part) each, so a change in the machine's load hits all variants
+alike. Each line gives wall and process-CPU seconds per call (medians over the rounds)
+and the best wall time. On a shared machine compare the CPU seconds and the ratios
+between variants. docs/benchmarks.md has the figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import re
+import statistics
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -79,25 +85,31 @@ def chunked_encode(encode: Callable, micro_batch: int) -> Callable:
   return wrapped
 
 
+DECODER_FORMS = ("convT", "subpixel", "phases", "matmul")
+
+
 def _check_variant(variant: str) -> set[str]:
   names = set(variant.split("+")) - {"base"}
-  bad = {n for n in names if n not in ("convT", "whole") and not re.fullmatch(r"chunk\d+", n)}
+  trunk_forms = {n for n in names if n == "whole" or re.fullmatch(r"chunk\d+", n)}
+  bad = names - trunk_forms - set(DECODER_FORMS)
   if bad:
-    raise ValueError(f"unknown variant {variant!r}; parts are base, convT, whole, chunkN")
-  trunk_forms = {n for n in names if n == "whole" or n.startswith("chunk")}
-  if len(trunk_forms) > 1:
-    raise ValueError(f"variant {variant!r}: at most one of whole, chunkN")
+    raise ValueError(
+      f"unknown variant {variant!r}; parts are base, {', '.join(DECODER_FORMS)}, whole, chunkN"
+    )
+  if len(trunk_forms) > 1 or len(names & set(DECODER_FORMS)) > 1:
+    raise ValueError(f"variant {variant!r}: at most one decoder form and one trunk form")
   return names
 
 
 @contextlib.contextmanager
 def patched(variant: str):
-  """Swaps earlier forms into vmsjax for the duration, in this process only.
+  """Swaps other forms into vmsjax for the duration, in this process only.
 
   Args:
-    variant: "base" (vmsjax as it is), or parts joined by "+": "convT" (flax's
-      `nn.ConvTranspose` in the decoder), "whole" (the trunk over the whole batch) or
-      "chunkN" (the trunk over micro-batches of N).
+    variant: "base" (vmsjax as it is), or parts joined by "+": a decoder form ("convT":
+      flax's `nn.ConvTranspose`; "subpixel", "phases", "matmul": that form of
+      `vae.conv_transpose` in every layer) and a trunk form ("whole": the whole batch
+      at once; "chunkN": micro-batches of N).
   """
   from vmsjax import train
   from vmsjax.models import vae
@@ -107,10 +119,12 @@ def patched(variant: str):
   try:
     if "convT" in names:
       vae.SubpixelConvTranspose = nn.ConvTranspose
-    if "whole" in names:
-      train.encode = whole_encode
+    for form in names & {"subpixel", "phases", "matmul"}:
+      vae.SubpixelConvTranspose = functools.partial(old_ct, method=form)
     for n in names:
-      if n.startswith("chunk"):
+      if n == "whole":
+        train.encode = whole_encode
+      elif n.startswith("chunk"):
         train.encode = chunked_encode(whole_encode, int(n.removeprefix("chunk")))
     yield
   finally:
@@ -120,12 +134,63 @@ def patched(variant: str):
 # --------------------------------------------------------------------------- driver
 
 
-def best_of(call: Callable[[], object], repeats: int) -> tuple[float, float]:
-  """(wall, cpu) seconds of the fastest of `repeats` calls after a warm-up call."""
-  call()  # warm-up (compiles)
-  wall, cpu = benchmark.time_calls(call, repeats, 1)
-  i = int(np.argmin(wall))
-  return wall[i], cpu[i]
+def decoder_layers(config) -> list[tuple[str, tuple[int, int, int, int], int]]:
+  """(name, input shape for batch 1, output channels) of the decoder's transposed convs."""
+  m, s = config.model, config.data.image_size // 32
+  widths = [*m.decoder_channels, 2]
+  c_in, out = widths[0], []
+  for i, c_out in enumerate(widths):
+    out.append((f"deconv{i + 1}", (1, s << i, s << i, c_in), c_out))
+    c_in = c_out
+  return out
+
+
+def layer_call(ph, layer: str) -> Callable[[], None]:
+  """One decoder layer's transposed convolution, forward and both gradients, at the batch.
+
+  The layer is built from `vae.SubpixelConvTranspose` as the variant has it (so "convT"
+  times flax's `nn.ConvTranspose`), without bias, batch norm or the rest of the step.
+  """
+  from vmsjax.models import vae
+
+  (_, shape, c_out), *_ = [x for x in decoder_layers(ph.config) if x[0] == layer]
+  k = ph.config.model.kernel
+  conv = vae.SubpixelConvTranspose(c_out, (k, k), strides=(2, 2), padding="SAME", use_bias=False)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((ph.batch, *shape[1:]), np.float32))
+  kernel = jnp.asarray(rng.standard_normal((k, k, shape[-1], c_out), np.float32) * 0.05)
+  cot = jnp.asarray(rng.standard_normal((ph.batch, 2 * shape[1], 2 * shape[2], c_out), np.float32))
+  fn = jax.jit(
+    jax.value_and_grad(
+      lambda x, kernel, cot: jnp.vdot(conv.apply({"params": {"kernel": kernel}}, x), cot), (0, 1)
+    )
+  )
+
+  def call():
+    jax.block_until_ready(fn(x, kernel, cot))
+
+  call()  # compiles
+  return call
+
+
+def part_call(ph, part: str, size: int) -> Callable[[], None]:
+  """A compiled, warmed-up call that runs one part once on device-resident inputs."""
+  if part.startswith("deconv"):
+    return layer_call(ph, part)
+  if part != "warp":
+    return benchmark.phase_call(ph, {"decoder": "head"}.get(part, part))[0]
+  from vmsjax.data import augment
+
+  fn = jax.jit(
+    lambda k, i, v: augment.augment(k, i, v, (size, size), max_shift=0.1, zoom_range=0.1, flip=True)
+  )
+  args = (jax.random.key(0), ph.images, ph.vms)
+
+  def call():
+    jax.block_until_ready(fn(*args))
+
+  call()  # compiles
+  return call
 
 
 def profile(
@@ -133,54 +198,63 @@ def profile(
 ) -> list[dict]:
   """Times each part under each variant.
 
-  Returns:
-    rows {part, variant, seconds, cpu_seconds, images_per_s, images_per_cpu_s}: wall and
-    process CPU seconds per call (median of `repeats`; the warp: the fastest).
-  """
-  from vmsjax.data import augment
+  Everything is compiled first; then the timing goes round by round, one call of every
+  (variant, part) per round, so that a change in the machine's load hits all of them
+  alike.
 
+  Returns:
+    rows {part, variant, seconds, cpu_seconds, images_per_s, images_per_cpu_s,
+    min_seconds}: wall and process CPU seconds per call, the medians over `repeats`
+    rounds, and the fastest wall time.
+  """
   train, _ = benchmark.import_train()
   config = benchmark.make_config(size, dtype)
-  rows = []
+  calls = []
   for variant in variants:
-    with patched(variant):
+    with patched(variant):  # the patch acts while the step is traced and compiled
       ph = benchmark.Phases(train, config, batch // jax.device_count())
       for part in parts:
-        if part == "warp":
-          key = jax.random.key(0)
-          fn = jax.jit(
-            lambda k, i, v: augment.augment(
-              k, i, v, (size, size), max_shift=0.1, zoom_range=0.1, flip=True
-            )
-          )
-          args = (key, ph.images, ph.vms)
-          secs, cpu = best_of(lambda f=fn, a=args: jax.block_until_ready(f(*a)), repeats)
+        if part == "layers":
+          for name, *_ in decoder_layers(config):
+            calls.append((name, variant, ph.batch, part_call(ph, name, size)))
         else:
-          phase = {"decoder": "head"}.get(part, part)
-          rec = benchmark.run_phase(ph, phase, repeats, 1)
-          secs, cpu = rec["seconds_per_call"], rec["cpu_seconds_per_call"]
-        rows.append(
-          {
-            "part": part,
-            "variant": variant,
-            "seconds": secs,
-            "cpu_seconds": cpu,
-            "images_per_s": ph.batch / secs,
-            "images_per_cpu_s": ph.batch / cpu,
-          }
-        )
-        print(
-          f"{part:8} {variant:15} {1e3 * secs:9.1f} ms/call {ph.batch / secs:8.1f} img/s"
-          f"  CPU {cpu:7.2f} s/call {ph.batch / cpu:7.2f} img/CPU-s",
-          flush=True,
-        )
+          calls.append((part, variant, ph.batch, part_call(ph, part, size)))
+  walls: list[list[float]] = [[] for _ in calls]
+  cpus: list[list[float]] = [[] for _ in calls]
+  for _ in range(repeats):
+    for i, (*_, call) in enumerate(calls):
+      wall, cpu = benchmark.time_calls(call, 1, 1)
+      walls[i] += wall
+      cpus[i] += cpu
+  rows = []
+  for (part, variant, n, _), wall, cpu in zip(calls, walls, cpus, strict=True):
+    secs, cpu_s = statistics.median(wall), statistics.median(cpu)
+    rows.append(
+      {
+        "part": part,
+        "variant": variant,
+        "seconds": secs,
+        "cpu_seconds": cpu_s,
+        "min_seconds": min(wall),
+        "images_per_s": n / secs,
+        "images_per_cpu_s": n / cpu_s,
+      }
+    )
+    print(
+      f"{part:8} {variant:18} {1e3 * secs:9.1f} ms/call {n / secs:8.1f} img/s"
+      f" (best {n / min(wall):6.1f})  CPU {1e3 * cpu_s:9.1f} ms/call {n / cpu_s:7.2f} img/CPU-s",
+      flush=True,
+    )
   return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument(
-    "--parts", default="warp,encoder,decoder,train", help="warp,encoder,decoder,train,eval"
+    "--parts",
+    default="warp,encoder,decoder,train",
+    help="warp,encoder,decoder,train,eval; layers (or deconv1..deconv5): each transposed "
+    "convolution of the decoder alone, forward and gradients",
   )
   p.add_argument("--variants", default="convT+whole,base")
   p.add_argument("--size", type=int, default=224)

@@ -2,8 +2,8 @@
 
 The subprocess run has ml_collections, grain, tensorflow_datasets and array_record made
 unimportable (the lent GPU machines have none of them) and 2 simulated CPU devices, so it
-also covers the data-parallel path. experiments/profile_step.py's drop-in for the
-decoder's transposed convolutions is checked against flax's.
+also covers the data-parallel path. experiments/profile_step.py's patches (the earlier
+forms of the step) are checked to give the same numbers and to be undone.
 """
 
 from __future__ import annotations
@@ -159,34 +159,8 @@ def test_config_is_the_papers():
   assert paper.data.image_size == 224 and paper.train.batch_size == 32 and paper.augment.enabled
 
 
-@pytest.mark.parametrize("kernel,use_bias", [(3, False), (3, True), (4, True), (5, False)])
-def test_subpixel_conv_transpose_matches_flax(kernel, use_bias):
-  rng = np.random.default_rng(kernel)
-  x = jnp.asarray(rng.standard_normal((2, 5, 7, 6), np.float32))
-  ref = nn.ConvTranspose(4, (kernel, kernel), strides=(2, 2), padding="SAME", use_bias=use_bias)
-  new = profile_step.SubpixelConvTranspose(
-    4, (kernel, kernel), strides=(2, 2), padding="SAME", use_bias=use_bias
-  )
-  v_ref = ref.init(jax.random.key(0), x)
-  v_new = new.init(jax.random.key(0), x)
-  # Same parameter tree and the same initial values: checkpoints carry over.
-  assert jax.tree.structure(v_ref) == jax.tree.structure(v_new)
-  jax.tree.map(np.testing.assert_array_equal, v_ref, v_new)
-  if use_bias:
-    v_ref = {"params": dict(v_ref["params"], bias=jnp.arange(4.0))}
-  y_ref, y_new = ref.apply(v_ref, x), new.apply(v_ref, x)
-  assert y_new.shape == (2, 10, 14, 4)
-  np.testing.assert_allclose(y_new, y_ref, rtol=1e-5, atol=1e-5)
-
-  def loss(module, v, x):
-    return jnp.sum(jnp.sin(module.apply(v, x)))
-
-  g_ref = jax.grad(lambda v, x: loss(ref, v, x), argnums=(0, 1))(v_ref, x)
-  g_new = jax.grad(lambda v, x: loss(new, v, x), argnums=(0, 1))(v_ref, x)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), g_ref, g_new)
-
-
-def test_chunked_encode_matches_and_patch_restores():
+def test_encode_in_micro_batches_matches_whole_batch_and_patch_restores():
+  """train.encode runs the trunk 4 images at a time on CPU: same features as at once."""
   from vmsjax import train
   from vmsjax.models import vae
 
@@ -195,11 +169,44 @@ def test_chunked_encode_matches_and_patch_restores():
   encoder = train.make_encoder(config)
   params = train.encoder_params(config)
   images = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)), jnp.float32)
-  ref = train.encode(config, encoder, params, images)
-  original = train.encode
-  with profile_step.patched("subpixel+chunk"):
-    assert vae.nn.ConvTranspose is profile_step.SubpixelConvTranspose
-    got = jax.jit(lambda p, x: train.encode(config, encoder, p, x))(params, images)
-  assert train.encode is original and vae.nn.ConvTranspose is nn.ConvTranspose
+  got = jax.jit(lambda p, x: train.encode(config, encoder, p, x))(params, images)
+  original, original_ct = train.encode, vae.SubpixelConvTranspose
+  with profile_step.patched("convT+whole"):
+    assert vae.SubpixelConvTranspose is nn.ConvTranspose
+    assert train.encode is profile_step.whole_encode
+    ref = jax.jit(lambda p, x: train.encode(config, encoder, p, x))(params, images)
+  with profile_step.patched("phases+chunk2"):
+    assert vae.SubpixelConvTranspose.keywords == {"method": "phases"}
+    two = jax.jit(lambda p, x: train.encode(config, encoder, p, x))(params, images)
+  assert train.encode is original and vae.SubpixelConvTranspose is original_ct
   assert got.shape == ref.shape == (8, 1, 1, 512)
   np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(two, ref, rtol=1e-5, atol=1e-5)
+
+  def trunk_jaxpr(x):
+    return str(jax.make_jaxpr(lambda p, x: train.encode(config, encoder, p, x))(params, x))
+
+  assert "scan" in trunk_jaxpr(images)  # lax.map over 2 micro-batches of 4
+  # Batches that 4 does not divide, and batches of 4 or fewer, go through at once.
+  for b in (3, 4, 6):
+    assert "scan" not in trunk_jaxpr(images[:b])
+  with pytest.raises(ValueError, match="unknown variant"):
+    with profile_step.patched("fft"):
+      pass
+
+
+def test_xla_flops_left_out_where_a_loop_holds_convolutions():
+  x = jnp.ones((8, 8, 8, 3))
+  k = jnp.ones((3, 3, 3, 4))
+
+  def conv(x):
+    return jax.lax.conv_general_dilated(
+      x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+  plain = jax.jit(conv).lower(x).compile()
+  looped = jax.jit(lambda x: jax.lax.map(conv, x.reshape(2, 4, 8, 8, 3))).lower(x).compile()
+  assert benchmark.xla_flops(plain) is None or benchmark.xla_flops(plain) > 0
+  assert not benchmark._convolutions_in_loops(plain.as_text())
+  assert benchmark._convolutions_in_loops(looped.as_text())
+  assert benchmark.xla_flops(looped) is None

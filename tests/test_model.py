@@ -1,5 +1,7 @@
-"""Model shapes, layer names, preprocessing and the latent's sampling rule."""
+"""Model shapes, layer names, preprocessing, the latent's sampling rule, and the decoder's
+transposed convolutions against flax's."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,3 +74,72 @@ def test_preprocessing_modes():
   np.testing.assert_allclose(torch[0, 0, 0], want, rtol=1e-5)
   with pytest.raises(ValueError):
     vgg16.preprocess(img, "tf")
+
+
+@pytest.mark.parametrize("method", ["subpixel", "phases", "matmul", "auto"])
+@pytest.mark.parametrize(
+  "kernel,use_bias,strides",
+  [(3, False, 2), (3, True, 2), (4, True, 2), (5, False, 2), (3, True, 3)],
+)
+def test_subpixel_conv_transpose_matches_flax(kernel, use_bias, strides, method):
+  rng = np.random.default_rng(kernel)
+  x = jnp.asarray(rng.standard_normal((2, 5, 7, 6), np.float32))
+  s = (strides, strides)
+  ref = nn.ConvTranspose(4, (kernel, kernel), strides=s, padding="SAME", use_bias=use_bias)
+  new = vae.SubpixelConvTranspose(
+    4, (kernel, kernel), strides=s, padding="SAME", use_bias=use_bias, method=method
+  )
+  v_ref = ref.init(jax.random.key(0), x)
+  v_new = new.init(jax.random.key(0), x)
+  # Same parameter tree and the same initial values: checkpoints carry over.
+  assert jax.tree.structure(v_ref) == jax.tree.structure(v_new)
+  jax.tree.map(np.testing.assert_array_equal, v_ref, v_new)
+  if use_bias:
+    v_ref = {"params": dict(v_ref["params"], bias=jnp.arange(4.0))}
+  y_ref, y_new = ref.apply(v_ref, x), new.apply(v_ref, x)
+  assert y_new.shape == (2, 5 * strides, 7 * strides, 4)
+  np.testing.assert_allclose(y_new, y_ref, rtol=1e-5, atol=1e-5)
+
+  def loss(module, v, x):
+    return jnp.sum(jnp.sin(module.apply(v, x)))
+
+  g_ref = jax.grad(lambda v, x: loss(ref, v, x), argnums=(0, 1))(v_ref, x)
+  g_new = jax.grad(lambda v, x: loss(new, v, x), argnums=(0, 1))(v_ref, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), g_ref, g_new)
+
+
+def test_conv_transpose_rejects_unknown_method():
+  with pytest.raises(ValueError, match="method"):
+    vae.conv_transpose(jnp.zeros((1, 2, 2, 3)), jnp.zeros((3, 3, 3, 4)), (2, 2), "fft")
+
+
+def test_decoder_params_and_outputs_match_the_conv_transpose_decoder(monkeypatch):
+  """Checkpoints written with flax's nn.ConvTranspose decoder load and give the same maps."""
+  model = vae.VMSVAE(dense=8, latent=4, out_hw=(64, 96), channels=(16, 8, 8, 4))
+  feats = jax.random.normal(jax.random.key(0), (3, 2, 3, 512))
+  rngs = {"params": jax.random.key(1), "latent": jax.random.key(2)}
+  new = model.init(rngs, feats, train=False, sample=True)
+  with monkeypatch.context() as m:
+    m.setattr(vae, "SubpixelConvTranspose", nn.ConvTranspose)
+    old = model.init(rngs, feats, train=False, sample=True)
+    # Train-mode forward (batch statistics) of the old decoder on the same variables.
+    (y_old, _, _), s_old = model.apply(
+      old, feats, train=True, sample=False, mutable=["batch_stats"]
+    )
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), old) == jax.tree.map(
+    lambda a: (a.shape, a.dtype), new
+  )
+  jax.tree.map(np.testing.assert_array_equal, old, new)  # same names, shapes, values
+  (y_new, _, _), s_new = model.apply(old, feats, train=True, sample=False, mutable=["batch_stats"])
+  np.testing.assert_allclose(y_new, y_old, rtol=1e-4, atol=1e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), s_old, s_new)
+
+
+def test_random_trunk_params_match_an_eager_init_at_any_size():
+  key = jax.random.key(7)
+  got = vgg16.random_params(key)
+  want = vgg16.VGG16Trunk(dtype=jnp.bfloat16).init(key, jnp.zeros((1, 64, 96, 3)))["params"]
+  assert list(got) == list(vgg16.LAYER_NAMES)
+  assert all(list(got[n]) == ["kernel", "bias"] for n in got)
+  jax.tree.map(np.testing.assert_array_equal, got, jax.tree.map(np.asarray, want))
+  assert got["block5_conv3"]["kernel"].dtype == jnp.float32

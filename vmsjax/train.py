@@ -127,10 +127,8 @@ def encoder_params(config: ml_collections.ConfigDict, root: jax.Array | None = N
       "--config.model.encoder.weights=PATH, or set --config.model.encoder.allow_random=true "
       "to train on a random frozen trunk"
     )
-  h, w = image_hw(config)
-  dummy = jnp.zeros((1, h, w, 3), jnp.float32)
   root = jax.random.key(data_seed(config))
-  params = make_encoder(config).init(jax.random.fold_in(root, _ENCODER_KEY), dummy)["params"]
+  params = vgg16.random_params(jax.random.fold_in(root, _ENCODER_KEY))
   # The trunk is ReLU-homogeneous with zero biases, so its output scales with the first
   # kernel. Dividing it by the typical spread of the preprocessed pixels (~60 on the
   # Caffe 0-255 scale, ~1 for torch's standardised input) gives O(1) features, the

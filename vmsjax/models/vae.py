@@ -23,6 +23,26 @@ N_UPSAMPLE = 5  # five stride-2 transposed convolutions: H/32 -> H
 
 
 # --------------------------------------------------------------------------- sub-pixel
+#
+# A stride-s transposed convolution writes each output pixel s*i + a (per axis) from a
+# few input pixels near i through a few kernel taps that depend only on the output's
+# phase a. Computing it phase by phase on the undilated input gives the same numbers as
+# `lax.conv_transpose` (which convolves an input dilated with zeros) without the zeros;
+# XLA's CPU backend has no fast path for the gradients of the dilated form and runs
+# them 10-50x slower than an ordinary convolution of the same size. Three forms:
+#
+#   subpixel  one convolution with an (L, L, C_in, s*s*C_out) kernel gathered from the
+#             (k, k, C_in, C_out) one (zeros where a phase has no tap), then
+#             depth-to-space.
+#   phases    one convolution per output phase with only that phase's taps (9 of the
+#             16 taps of `subpixel` for k = 3, s = 2), then interleave.
+#   matmul    one matmul of every input pixel with every tap, (B*H*W, C_in) @
+#             (C_in, k*k*C_out), then each phase sums its taps' shifted products.
+#
+# Same outputs and gradients to float rounding (tests/test_model.py); their speeds differ
+# by layer shape and backend (docs/benchmarks.md).
+
+CONV_TRANSPOSE_METHODS: tuple[str, ...] = ("auto", "subpixel", "phases", "matmul")
 
 
 def _same_pads(k: int, s: int) -> tuple[int, int]:
@@ -48,6 +68,15 @@ def _phase_taps(k: int, s: int) -> tuple[np.ndarray, int]:
   for a, t, d in pairs:
     taps[d - lo, a] = t
   return taps, lo
+
+
+def _interleave(phases: list[list[jnp.ndarray]]) -> jnp.ndarray:
+  """phases[a][c]: (B, H, W, C) output of phase (a, c) -> (B, H*sh, W*sw, C)."""
+  b, h, w, c = phases[0][0].shape
+  sh, sw = len(phases), len(phases[0])
+  rows = [jnp.stack(row, axis=3) for row in phases]  # sh x (B, H, W, sw, C)
+  y = jnp.stack(rows, axis=2)  # (B, H, sh, W, sw, C)
+  return y.reshape(b, h * sh, w * sw, c)
 
 
 def subpixel_conv_transpose(x: jnp.ndarray, kernel: jnp.ndarray, strides: tuple[int, int]):
@@ -82,12 +111,139 @@ def subpixel_conv_transpose(x: jnp.ndarray, kernel: jnp.ndarray, strides: tuple[
   return y.reshape(b, h * sh, w * sw, c_out)  # (B, H*sh, W*sw, C_out)
 
 
+def phase_conv_transpose(x: jnp.ndarray, kernel: jnp.ndarray, strides: tuple[int, int]):
+  """`lax.conv_transpose(x, kernel, strides, "SAME")` as one plain convolution per phase.
+
+  Output phase (a, c) (the pixels s*i + a, s*j + c) is an ordinary convolution of the
+  undilated input with the kernel taps that reach it, so no multiply-add is spent on a
+  zero (the `subpixel` form spends 7 of 16 on zeros for k = 3, s = 2).
+
+  Args:
+    x: (B, H, W, C_in).
+    kernel: (kh, kw, C_in, C_out), the layout `nn.ConvTranspose` stores (not flipped).
+    strides: (sh, sw).
+
+  Returns:
+    (B, H * sh, W * sw, C_out).
+  """
+  kh, kw, c_in, c_out = kernel.shape
+  b, h, w, _ = x.shape
+  axes = [_phase_taps(kh, strides[0]), _phase_taps(kw, strides[1])]
+  padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))  # index k: no tap (zero)
+
+  def window(axis: int, a: int) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """(the phase's taps over its window of offsets, conv padding), or None if no tap."""
+    taps, lo = axes[axis]
+    used = [d for d in range(taps.shape[0]) if taps[d, a] != kernel.shape[axis]]
+    if not used:
+      return None
+    first, last = used[0], used[-1]
+    return taps[first : last + 1, a], (-(first + lo), last + lo)
+
+  phases = []
+  for a in range(strides[0]):
+    row = []
+    for c in range(strides[1]):
+      wy, wx = window(0, a), window(1, c)
+      if wy is None or wx is None:
+        row.append(jnp.zeros((b, h, w, c_out), jnp.result_type(x, kernel)))
+        continue
+      k_ac = padded[wy[0][:, None], wx[0][None, :]]  # (wy, wx, C_in, C_out)
+      row.append(
+        lax.conv_general_dilated(
+          x, k_ac, (1, 1), (wy[1], wx[1]), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+      )  # (B, H, W, C_out)
+    phases.append(row)
+  return _interleave(phases)  # (B, H*sh, W*sw, C_out)
+
+
+def matmul_conv_transpose(x: jnp.ndarray, kernel: jnp.ndarray, strides: tuple[int, int]):
+  """`lax.conv_transpose(x, kernel, strides, "SAME")` as one matmul + shifted sums.
+
+  Every input pixel is multiplied by every kernel tap in one (B*H*W, C_in) @
+  (C_in, kh*kw*C_out) matmul; output phase (a, c) then sums the products of its taps,
+  each shifted by the tap's input offset. Its gradients are matmuls too.
+
+  Args:
+    x: (B, H, W, C_in).
+    kernel: (kh, kw, C_in, C_out), the layout `nn.ConvTranspose` stores (not flipped).
+    strides: (sh, sw).
+
+  Returns:
+    (B, H * sh, W * sw, C_out).
+  """
+  kh, kw, c_in, c_out = kernel.shape
+  b, h, w, _ = x.shape
+  ty, lo_y = _phase_taps(kh, strides[0])
+  tx, lo_x = _phase_taps(kw, strides[1])
+  ly, lx = ty.shape[0], tx.shape[0]
+  flat = kernel.transpose(2, 0, 1, 3).reshape(c_in, kh * kw * c_out)
+  prod = jnp.dot(x.reshape(b * h * w, c_in), flat).reshape(b, h, w, kh, kw, c_out)
+  # Phase (a, c) at pixel i takes prod[i + lo + d] for its offsets d: pad so that the
+  # window of offsets d = 0 .. L-1 starts at index i.
+  zero = jnp.zeros((), prod.dtype)
+  prod = lax.pad(
+    prod, zero, [(0, 0, 0), (-lo_y, ly - 1 + lo_y, 0), (-lo_x, lx - 1 + lo_x, 0)] + [(0, 0, 0)] * 3
+  )
+  phases = []
+  for a in range(strides[0]):
+    row = []
+    for c in range(strides[1]):
+      terms = [
+        prod[:, dy : dy + h, dx : dx + w, ty[dy, a], tx[dx, c]]
+        for dy in range(ly)
+        for dx in range(lx)
+        if ty[dy, a] != kh and tx[dx, c] != kw
+      ]  # each (B, H, W, C_out)
+      row.append(sum(terms[1:], terms[0]) if terms else jnp.zeros((b, h, w, c_out), prod.dtype))
+    phases.append(row)
+  return _interleave(phases)  # (B, H*sh, W*sw, C_out)
+
+
+def conv_transpose_method(x_shape: Sequence[int], c_out: int) -> str:
+  """The fastest of the equivalent forms for a layer, as measured (docs/benchmarks.md).
+
+  On GPU/TPU: `subpixel` (one convolution). On CPU (XLA:CPU, jax 0.10, 2-core AMD EPYC,
+  the paper's decoder at batch 32): `matmul` for small maps (at most 16x16 input pixels)
+  and for layers with fewer than 8 output channels, where the convolutions' kernel
+  gradients run far below the matmul rate; `phases` otherwise.
+  """
+  if jax.default_backend() != "cpu":
+    return "subpixel"
+  _, h, w, _ = x_shape
+  return "matmul" if h * w <= 256 or c_out < 8 else "phases"
+
+
+def conv_transpose(
+  x: jnp.ndarray, kernel: jnp.ndarray, strides: tuple[int, int], method: str = "auto"
+) -> jnp.ndarray:
+  """`lax.conv_transpose(x, kernel, strides, "SAME")` (flax's `nn.ConvTranspose`) by one
+  of the equivalent forms above: "subpixel", "phases", "matmul" or "auto"
+  (`conv_transpose_method`)."""
+  if method == "auto":
+    method = conv_transpose_method(x.shape, kernel.shape[-1])
+  forms = {
+    "subpixel": subpixel_conv_transpose,
+    "phases": phase_conv_transpose,
+    "matmul": matmul_conv_transpose,
+  }
+  if method not in forms:
+    raise ValueError(
+      f"unknown conv_transpose method {method!r}; expected one of {CONV_TRANSPOSE_METHODS}"
+    )
+  return forms[method](x, kernel, tuple(strides))
+
+
 class SubpixelConvTranspose(nn.Module):
   """Drop-in for the decoder's `nn.ConvTranspose(..., padding="SAME")` layers.
 
   Same parameter names, shapes and initialisers as `nn.ConvTranspose` (so checkpoints
   and initial values carry over), same outputs to float rounding; computed by
-  `subpixel_conv_transpose`.
+  `conv_transpose` on the undilated input.
+
+  Attributes:
+    method: "auto" (per layer shape and backend), "subpixel", "phases" or "matmul".
   """
 
   features: int
@@ -99,6 +255,7 @@ class SubpixelConvTranspose(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
   kernel_init: Callable = nn.initializers.lecun_normal()
   bias_init: Callable = nn.initializers.zeros_init()
+  method: str = "auto"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -107,7 +264,7 @@ class SubpixelConvTranspose(nn.Module):
     shape = tuple(self.kernel_size) + (x.shape[-1], self.features)
     kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
     dtype = self.dtype or jnp.result_type(x, kernel)
-    y = subpixel_conv_transpose(x.astype(dtype), kernel.astype(dtype), tuple(self.strides))
+    y = conv_transpose(x.astype(dtype), kernel.astype(dtype), tuple(self.strides), self.method)
     if self.use_bias:
       bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
       y = y + bias.astype(dtype)
