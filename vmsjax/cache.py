@@ -481,22 +481,32 @@ def make_step(config, model: vae.VMSVAE, tx: optax.GradientTransformation):
   The latent key is the uncached step's (`train.step_keys`), so the noise is fresh
   every step; the augmentation key is unused: the view's stored draw replaces it.
   """
-  hw = train.image_hw(config)
 
   def step(state: train.TrainState, table, batch, root):
-    if "index" in batch:  # memory mode: gather this batch's rows on the device
-      ex, view = batch["index"][:, 0], batch["index"][:, 1]
-      rows = {"feats": table["feats"][ex, view], "draw": table["draw"][ex, view]}
-      rows["vms"] = table["vms"][ex]
-    else:
-      rows = batch
     _, k_latent = train.step_keys(root, state.step)
-    feats = rows["feats"].astype(jnp.float32)  # (B, h, w, 512)
-    vms = augment.warp(rows["vms"], rows["draw"], hw)  # (B, H, W, 2): the view's transform
+    feats, vms = step_inputs(config, table, batch)
     hyper = train.default_hyper(config, state.step)
     return train.head_step(config, model, tx, state, feats, vms, k_latent, hyper)
 
   return step
+
+
+def step_inputs(config, table, batch) -> tuple[jax.Array, jax.Array]:
+  """A cached batch's features (B, h, w, 512) float32 and maps (B, H, W, 2).
+
+  In memory mode the batch holds (example, view) indices and its rows are gathered
+  from the device `table`; in disk mode it holds the rows. The map is warped with the
+  view's stored draw, the transform its image features got.
+  """
+  if "index" in batch:  # memory mode: gather this batch's rows on the device
+    ex, view = batch["index"][:, 0], batch["index"][:, 1]
+    rows = {"feats": table["feats"][ex, view], "draw": table["draw"][ex, view]}
+    rows["vms"] = table["vms"][ex]
+  else:
+    rows = batch
+  feats = rows["feats"].astype(jnp.float32)
+  vms = augment.warp(rows["vms"], rows["draw"], train.image_hw(config))
+  return feats, vms
 
 
 def jit_step(config, model, tx, mesh: Mesh):

@@ -94,25 +94,6 @@ def _hyper(configs, step: jnp.ndarray) -> dict[str, jnp.ndarray]:
   return {k: jnp.stack([h[k] for h in per]) for k in per[0]}
 
 
-def _cached_inputs(config, table, batch):
-  """Features and maps of a batch read from the feature cache.
-
-  The same as `cache.make_step` computes before its head step (kept in step with it;
-  the group-vs-alone test with the cache on checks that they agree).
-  """
-  from vmsjax.data import augment
-
-  if "index" in batch:  # memory mode: gather this batch's rows on the device
-    ex, view = batch["index"][:, 0], batch["index"][:, 1]
-    rows = {"feats": table["feats"][ex, view], "draw": table["draw"][ex, view]}
-    rows["vms"] = table["vms"][ex]
-  else:
-    rows = batch
-  feats = rows["feats"].astype(jnp.float32)  # (B, h, w, 512)
-  vms = augment.warp(rows["vms"], rows["draw"], train_lib.image_hw(config))  # (B, H, W, 2)
-  return feats, vms
-
-
 def make_group_step(configs, model, encoder):
   """Returns step(states, aux, batch, keys) -> (states, metrics), not yet jitted.
 
@@ -131,7 +112,9 @@ def make_group_step(configs, model, encoder):
       image, vms = train_lib.augmented_inputs(config, k_augment, batch)
       feats = train_lib.encode(config, encoder, aux, image)  # (B, h, w, 512), once
     else:
-      feats, vms = _cached_inputs(config, aux, batch)
+      from vmsjax import cache
+
+      feats, vms = cache.step_inputs(config, aux, batch)
 
     def one(state, key_data, hyper, lr):
       _, k_latent = train_lib.step_keys(jax.random.wrap_key_data(key_data), k)
@@ -207,7 +190,6 @@ def train_group(
     VMSError: configs that cannot be grouped, a workdir holding another run, or models
       whose loss became NaN/Inf (the others are finished first; the message names them).
   """
-  from vmsjax.data import pipeline
 
   configs = list(configs)
   workdirs = [Path(w) for w in workdirs]
@@ -223,19 +205,7 @@ def train_group(
     train_lib.check_workdir_config(w, c)
 
   config = configs[0]
-  n_dev = jax.device_count()
-  if config.train.batch_size % n_dev:
-    raise VMSError(
-      f"invalid config value train.batch_size={config.train.batch_size}: must be divisible "
-      f"by the number of devices ({n_dev})"
-    )
-  data_dir = config.data.data_dir
-  main = distributed.is_main()  # process 0 builds the data
-  if main and not pipeline.is_built(config.data.name, data_dir) and config.data.auto_build:
-    print(f"building dataset {config.data.name} into {data_dir} ...", file=sys.stderr)
-    pipeline.build(config.data.name, data_dir)
-  distributed.barrier("dataset ready")
-  source = pipeline.open_split(config.data.name, "train", data_dir)
+  source = train_lib.open_training_data(config)
 
   model, encoder = train_lib.make_model(config), train_lib.make_encoder(config)
   mesh = train_lib.data_mesh()
