@@ -34,35 +34,7 @@ def _overrides(data_dir: str) -> list[str]:
 
 def test_two_processes_match_one_process(tmp_path, synthetic_data_dir):
   work = tmp_path / "two"
-  port = _free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-  procs = [
-    subprocess.Popen(
-      [
-        sys.executable,
-        "-m",
-        "vmsjax.cli",
-        "train",
-        "--config",
-        "configs/synthetic.py:tiny",
-        "--workdir",
-        str(work),
-        "--coordinator_address",
-        f"127.0.0.1:{port}",
-        "--num_processes",
-        "2",
-        "--process_id",
-        str(i),
-        *_overrides(synthetic_data_dir),
-      ],
-      cwd=REPO,
-      env=env,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
-    )
-    for i in range(2)
-  ]
+  procs = _start_pair([work, work], synthetic_data_dir)
   # Wait for both; as soon as one fails, stop the other (it would wait for its peer).
   deadline = time.monotonic() + 420
   try:
@@ -98,6 +70,44 @@ def test_two_processes_match_one_process(tmp_path, synthetic_data_dir):
   rec_b = [json.loads(x) for x in (single / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rec_a] == list(range(1, STEPS + 1))
   np.testing.assert_allclose([r["loss"] for r in rec_a], [r["loss"] for r in rec_b], rtol=1e-4)
+
+
+def _start_pair(workdirs, data_dir: str) -> list[subprocess.Popen]:
+  """Starts `vmsjax train` as processes 0 and 1 of a job, 2 CPU devices each."""
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+  return [
+    subprocess.Popen(
+      [
+        *(sys.executable, "-m", "vmsjax.cli", "train", "--config", "configs/synthetic.py:tiny"),
+        *("--workdir", str(workdir), "--coordinator_address", f"127.0.0.1:{port}"),
+        *("--num_processes", "2", "--process_id", str(i)),
+        *_overrides(data_dir),
+      ],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i, workdir in enumerate(workdirs)
+  ]
+
+
+def test_a_failing_process_exits_instead_of_hanging(tmp_path, synthetic_data_dir):
+  """Process 0 stops on a user error after joining: it must exit, not wait for process 1
+  in JAX's shutdown barrier while process 1 waits for it."""
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  procs = _start_pair([blocker / "run", tmp_path / "good"], synthetic_data_dir)
+  try:
+    out, _ = procs[0].communicate(timeout=240)
+  finally:
+    for p in procs:
+      p.kill()
+    procs[1].communicate()
+  assert procs[0].returncode == 2, out[-3000:]
+  assert "not writable" in out and "a_file" in out
 
 
 def _leaves(tree):
