@@ -196,7 +196,17 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   except KeyboardInterrupt:
     print("vmsjax: interrupted", file=sys.stderr)
+    distributed.exit_now_if_joined(130)
     return 130
+  except Exception:
+    # A bug, not a user error: show it, and in a multi-process job do not hang the
+    # others in JAX's shutdown barrier (see distributed.exit_now_if_joined).
+    if distributed.joined():
+      import traceback
+
+      traceback.print_exc()
+      distributed.exit_now_if_joined(1)
+    raise
 
 
 if __name__ == "__main__":

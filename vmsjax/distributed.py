@@ -89,6 +89,11 @@ def initialize(
   return True
 
 
+def joined() -> bool:
+  """Whether `initialize` joined a multi-process job in this process."""
+  return _joined
+
+
 def exit_now_if_joined(code: int) -> None:
   """Ends this process at once when it is part of a multi-process job.
 
