@@ -76,6 +76,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
 
+from vmsjax import hostmem  # noqa: E402  (no dependencies beyond the standard library)
+
 PHASES: tuple[str, ...] = ("matmul", "encoder", "train", "head", "eval")
 PAPER_CONFIG = "configs/vischema.py:m32"
 
@@ -506,7 +508,7 @@ def benchmark(
 ) -> list[dict]:
   """Runs the phases for every dtype; returns the records (see the module docstring)."""
   train, stand_in = import_train()
-  common = dict(device_description(), ml_collections_stand_in=stand_in)
+  common = dict(device_description(), ml_collections_stand_in=stand_in, huge_pages=hostmem.status())
   records = []
   for dtype in dtypes:
     ceiling = None
@@ -581,11 +583,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument(
     "--matmul-n", type=int, default=0, help="matmul side (default 2048 on CPU, 8192 on GPU)"
   )
+  p.add_argument(
+    "--huge-pages",
+    choices=hostmem.CHOICES,
+    default=None,
+    help=f"transparent huge pages for XLA's buffers (vmsjax/hostmem.py), as {hostmem.ENV}; "
+    "default: that variable, else auto (on for CPU-only Linux hosts, as the vmsjax command)",
+  )
   return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
+  if args.huge_pages:
+    os.environ[hostmem.ENV] = args.huge_pages
+  if argv is None:  # run as a program: may restart it with huge pages (vmsjax/hostmem.py)
+    hostmem.reexec_with_huge_pages()
   phases = [p for p in args.phases.split(",") if p]
   unknown = sorted(set(phases) - set(PHASES))
   if unknown:

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from vmsjax import config as config_lib
-from vmsjax import multi, records
+from vmsjax import hostmem, multi, records
 from vmsjax import train as train_lib
 from vmsjax.data import pipeline
 
@@ -185,6 +185,8 @@ def main(argv=None) -> int:
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
   p.add_argument("--out", default=None, help="write the records as JSON here")
   args = p.parse_args(argv)
+  if argv is None:  # run as a program: may restart it with huge pages (vmsjax/hostmem.py)
+    hostmem.reexec_with_huge_pages()
 
   configs = _configs(args)
   env = machine()

@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from vmsjax import analysis, evaluate, inference, metrics, records, sweep
+from vmsjax import analysis, evaluate, hostmem, inference, metrics, records, sweep
 from vmsjax import config as config_lib
 from vmsjax import train as train_lib
 from vmsjax.data import pipeline
@@ -891,9 +891,12 @@ def markdown(report: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the paper; 0 when every section is done or skipped, 1 if a section or a model
   failed (the report says which and why), 2 on a user error (printed in one line)."""
+  entry_point = argv is None
   argv = list(sys.argv[1:] if argv is None else argv)
   args = parse_args(argv)
   try:
+    if entry_point:  # may restart the program with huge pages (vmsjax/hostmem.py)
+      hostmem.reexec_with_huge_pages()
     report = run(args, argv)
   except VMSError as e:
     print(f"paper: {e}", file=sys.stderr)

@@ -13,7 +13,10 @@ by "+":
   subpixel, phases, matmul
             every transposed convolution in that one of the equivalent forms of
             `vae.conv_transpose` (same parameters, same outputs to float rounding);
-            vmsjax picks one per layer (`vae.conv_transpose_method`).
+            vmsjax picks one per layer (`vae.conv_transpose_method`: `matmul` on CPU).
+  nov26     the decoder as vmsjax had it from 2026-11-26 to 2026-11-27: `matmul` with
+            its backward left to autodiff for maps of at most 16x16 or fewer than 8
+            output channels, `phases` otherwise.
   whole     the frozen trunk over the whole batch at once, as before 2026-11-26.
             `train.encode` now runs it over micro-batches of 4 images (`lax.map`) on
             CPU, which keeps its activations closer to the caches.
@@ -85,7 +88,18 @@ def chunked_encode(encode: Callable, micro_batch: int) -> Callable:
   return wrapped
 
 
-DECODER_FORMS = ("convT", "subpixel", "phases", "matmul")
+def nov26_conv_transpose(x, kernel, strides, method="auto"):
+  """`vae.conv_transpose` as of 2026-11-26 (the `nov26` variant); `method` is ignored."""
+  from vmsjax.models import vae
+
+  del method
+  _, h, w, _ = x.shape
+  if h * w <= 256 or kernel.shape[-1] < 8:
+    return vae._matmul_forward(x, kernel, tuple(strides))  # autodiff backward
+  return vae.phase_conv_transpose(x, kernel, tuple(strides))
+
+
+DECODER_FORMS = ("convT", "subpixel", "phases", "matmul", "nov26")
 
 
 def _check_variant(variant: str) -> set[str]:
@@ -108,17 +122,20 @@ def patched(variant: str):
   Args:
     variant: "base" (vmsjax as it is), or parts joined by "+": a decoder form ("convT":
       flax's `nn.ConvTranspose`; "subpixel", "phases", "matmul": that form of
-      `vae.conv_transpose` in every layer) and a trunk form ("whole": the whole batch
+      `vae.conv_transpose` in every layer; "nov26": the per-layer choice of
+      2026-11-26) and a trunk form ("whole": the whole batch
       at once; "chunkN": micro-batches of N).
   """
   from vmsjax import train
   from vmsjax.models import vae
 
   names = _check_variant(variant)
-  old_ct, old_encode = vae.SubpixelConvTranspose, train.encode
+  old_ct, old_encode, old_fn = vae.SubpixelConvTranspose, train.encode, vae.conv_transpose
   try:
     if "convT" in names:
       vae.SubpixelConvTranspose = nn.ConvTranspose
+    if "nov26" in names:
+      vae.conv_transpose = nov26_conv_transpose
     for form in names & {"subpixel", "phases", "matmul"}:
       vae.SubpixelConvTranspose = functools.partial(old_ct, method=form)
     for n in names:
@@ -128,7 +145,7 @@ def patched(variant: str):
         train.encode = chunked_encode(whole_encode, int(n.removeprefix("chunk")))
     yield
   finally:
-    vae.SubpixelConvTranspose, train.encode = old_ct, old_encode
+    vae.SubpixelConvTranspose, train.encode, vae.conv_transpose = old_ct, old_encode, old_fn
 
 
 # --------------------------------------------------------------------------- driver
@@ -262,7 +279,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--dtype", default="float32")
   a = p.parse_args(argv)
-  print(f"{jax.device_count()} x {jax.devices()[0].device_kind}, batch {a.batch}, {a.size}px")
+  if argv is None:  # run as a program: may restart it with huge pages (vmsjax/hostmem.py)
+    benchmark.hostmem.reexec_with_huge_pages()
+  print(
+    f"{jax.device_count()} x {jax.devices()[0].device_kind}, batch {a.batch}, {a.size}px, "
+    f"huge pages: {benchmark.hostmem.status()}"
+  )
   profile(
     [x for x in a.parts.split(",") if x],
     [x for x in a.variants.split(",") if x],

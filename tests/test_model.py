@@ -108,6 +108,33 @@ def test_subpixel_conv_transpose_matches_flax(kernel, use_bias, strides, method)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), g_ref, g_new)
 
 
+@pytest.mark.parametrize("kernel,strides", [(3, 2), (2, 3), (5, 2)])
+def test_matmul_form_gradients_match_autodiff_under_vmap_and_bfloat16(kernel, strides):
+  """The matmul form's written-out backward equals autodiff of its forward, for a stack
+  of models under vmap (as `multi` trains them) and in bfloat16 (model.dtype)."""
+  rng = np.random.default_rng(strides)
+  x = jnp.asarray(rng.standard_normal((3, 2, 4, 5, 6), np.float32))  # 3 models
+  k = jnp.asarray(rng.standard_normal((3, kernel, kernel, 6, 4), np.float32))
+  s = (strides, strides)
+
+  def loss(form, x, k):
+    return jnp.sum(jnp.sin(form(x, k, s)) * jnp.arange(4.0))
+
+  def grads(form, x, k):
+    return jax.vmap(jax.grad(lambda x, k: loss(form, x, k), argnums=(0, 1)))(x, k)
+
+  want = grads(vae._matmul_forward, x, k)  # plain autodiff
+  got = grads(vae.matmul_conv_transpose, x, k)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), want, got)
+  assert float(jnp.abs(got[1]).sum()) > 0
+  xb, kb = x.astype(jnp.bfloat16), k.astype(jnp.bfloat16)
+  got_b = grads(vae.matmul_conv_transpose, xb, kb)
+  assert [g.dtype for g in got_b] == [jnp.bfloat16, jnp.bfloat16]
+  for g, w in zip(got_b, want, strict=True):
+    scale = float(jnp.abs(w).max())
+    np.testing.assert_allclose(np.asarray(g, np.float32), w, atol=0.05 * scale)
+
+
 def test_conv_transpose_rejects_unknown_method():
   with pytest.raises(ValueError, match="method"):
     vae.conv_transpose(jnp.zeros((1, 2, 2, 3)), jnp.zeros((3, 3, 3, 4)), (2, 2), "fft")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vmsjax import commands, distributed
+from vmsjax import commands, distributed, hostmem
 from vmsjax.errors import VMSError
 
 DEFAULT_WORKDIR = "runs/synthetic"
@@ -187,8 +187,11 @@ def run(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+  entry_point = argv is None
   argv = sys.argv[1:] if argv is None else argv
   try:
+    if entry_point:
+      hostmem.reexec_with_huge_pages()  # may restart the process; see vmsjax/hostmem.py
     return run(argv)
   except VMSError as e:
     print(f"vmsjax: error: {' '.join(str(e).split())}", file=sys.stderr)
