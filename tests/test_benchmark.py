@@ -27,6 +27,8 @@ sys.path.insert(0, str(REPO / "experiments"))
 import benchmark  # noqa: E402
 import profile_step  # noqa: E402
 
+from vmsjax import hostmem  # noqa: E402
+
 BLOCKED = ("ml_collections", "grain", "tensorflow_datasets", "array_record")
 MODEL_PHASES = ("encoder", "train", "head", "eval")
 FIELDS = ("phase", "batch", "dtype", "device", "images_per_s", "gflops_per_s", "ceiling_ratio")
@@ -80,6 +82,10 @@ def test_records_fields_and_arithmetic(blocked_run):
     assert r["dtype"] == "float32"
     assert r["device"] == "cpu" and r["devices"] == 2
     assert r["ml_collections_stand_in"] is True
+    # Run as a program, the script restarts itself with huge pages where they apply.
+    if hostmem.available():
+      assert r["huge_pages"] == "on"
+    assert r["huge_pages"].startswith(("on", "off ("))
     assert len(r["seconds_all"]) == 2
     assert r["seconds_per_call"] == pytest.approx(float(np.median(r["seconds_all"])))
     assert r["gflops_per_s"] == pytest.approx(r["flops"] / r["seconds_per_call"] / 1e9)

@@ -92,6 +92,12 @@ def _glibc_with_tunable() -> bool:
     return False
 
 
+def available() -> bool:
+  """Whether this host can give malloc'd blocks huge pages through the tunable: glibc
+  2.35 or later on Linux, kernel THP mode `madvise`."""
+  return _glibc_with_tunable() and thp_mode() == "madvise"
+
+
 def _tunables_with(on: bool) -> str:
   """GLIBC_TUNABLES with this module's entry set (on) or removed (off)."""
   entries = [e for e in os.environ.get("GLIBC_TUNABLES", "").split(":") if e]
@@ -110,7 +116,7 @@ def _backend_initialised() -> bool:
 def status() -> str:
   """Whether this process's large buffers get huge pages: "on", or "off (why)"."""
   tunables = os.environ.get("GLIBC_TUNABLES", "")
-  if f"{TUNABLE}=1" in tunables.split(":") and _glibc_with_tunable() and thp_mode() == "madvise":
+  if f"{TUNABLE}=1" in tunables.split(":") and available():
     return "on"
   if thp_mode() == "always":
     return "on (kernel transparent huge pages: always)"
@@ -141,12 +147,7 @@ def _plugin_in_the_way() -> str | None:
 
 def wanted() -> bool:
   """Whether this process should run with the tunable (see the module docstring)."""
-  return (
-    choice() != "off"
-    and _glibc_with_tunable()
-    and thp_mode() == "madvise"
-    and _plugin_in_the_way() is None
-  )
+  return choice() != "off" and available() and _plugin_in_the_way() is None
 
 
 def reexec_with_huge_pages() -> None:
