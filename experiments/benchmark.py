@@ -76,7 +76,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
 
-from vmsjax import hostmem  # noqa: E402  (no dependencies beyond the standard library)
+from vmsjax import VMSError, hostmem  # noqa: E402  (standard library only)
 
 PHASES: tuple[str, ...] = ("matmul", "encoder", "train", "head", "eval")
 PAPER_CONFIG = "configs/vischema.py:m32"
@@ -598,7 +598,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.huge_pages:
     os.environ[hostmem.ENV] = args.huge_pages
   if argv is None:  # run as a program: may restart it with huge pages (vmsjax/hostmem.py)
-    hostmem.reexec_with_huge_pages()
+    try:
+      hostmem.reexec_with_huge_pages()
+    except VMSError as e:  # a bad VMSJAX_HUGE_PAGES
+      print(f"benchmark: {e}", file=sys.stderr)
+      return 2
   phases = [p for p in args.phases.split(",") if p]
   unknown = sorted(set(phases) - set(PHASES))
   if unknown:

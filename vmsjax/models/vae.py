@@ -173,6 +173,7 @@ def _tap_origins(taps: np.ndarray, k: int) -> dict[int, tuple[int, int]]:
 
 
 def _matmul_forward(x: jnp.ndarray, kernel: jnp.ndarray, strides: tuple[int, int]):
+  """The forward of `matmul_conv_transpose` (same arguments), differentiable by autodiff."""
   kh, kw, c_in, c_out = kernel.shape
   b, h, w, _ = x.shape
   ty, lo_y = _phase_taps(kh, strides[0])
