@@ -157,8 +157,8 @@ def reexec_with_huge_pages() -> None:
   return when it restarts the process. It never restarts a process whose JAX client is
   running, and restarts at most once (the restarted process finds the setting in place).
   """
-  if _backend_initialised():
-    return
+  if _backend_initialised() or not sys.executable or len(sys.orig_argv) < 2:
+    return  # running, or no command line to restart with (an embedded interpreter)
   tunables = os.environ.get("GLIBC_TUNABLES", "")
   has = any(e.split("=", 1)[0] == TUNABLE for e in tunables.split(":") if e)
   want = wanted()
