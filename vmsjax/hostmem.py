@@ -98,10 +98,20 @@ def available() -> bool:
   return _glibc_with_tunable() and thp_mode() == "madvise"
 
 
+def _tunable_entries() -> list[str]:
+  """The NAME=VALUE entries of GLIBC_TUNABLES."""
+  return [e for e in os.environ.get("GLIBC_TUNABLES", "").split(":") if e]
+
+
+def _tunable_value() -> str | None:
+  """This module's tunable's value in GLIBC_TUNABLES, or None when it is not there."""
+  values = [e.split("=", 1) for e in _tunable_entries()]
+  return next((v[1] if len(v) == 2 else "" for v in values if v[0] == TUNABLE), None)
+
+
 def _tunables_with(on: bool) -> str:
   """GLIBC_TUNABLES with this module's entry set (on) or removed (off)."""
-  entries = [e for e in os.environ.get("GLIBC_TUNABLES", "").split(":") if e]
-  entries = [e for e in entries if e.split("=", 1)[0] != TUNABLE]
+  entries = [e for e in _tunable_entries() if e.split("=", 1)[0] != TUNABLE]
   if on:
     entries.append(f"{TUNABLE}=1")
   return ":".join(entries)
@@ -115,8 +125,7 @@ def _backend_initialised() -> bool:
 
 def status() -> str:
   """Whether this process's large buffers get huge pages: "on", or "off (why)"."""
-  tunables = os.environ.get("GLIBC_TUNABLES", "")
-  if f"{TUNABLE}=1" in tunables.split(":") and available():
+  if _tunable_value() == "1" and available():
     return "on"
   if thp_mode() == "always":
     return "on (kernel transparent huge pages: always)"
@@ -159,8 +168,7 @@ def reexec_with_huge_pages() -> None:
   """
   if _backend_initialised() or not sys.executable or len(sys.orig_argv) < 2:
     return  # running, or no command line to restart with (an embedded interpreter)
-  tunables = os.environ.get("GLIBC_TUNABLES", "")
-  has = any(e.split("=", 1)[0] == TUNABLE for e in tunables.split(":") if e)
+  has = _tunable_value() is not None
   want = wanted()
   if want and not has:
     env = dict(os.environ, GLIBC_TUNABLES=_tunables_with(True), **{ADDED_MARK: "1"})

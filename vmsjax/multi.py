@@ -190,7 +190,6 @@ def train_group(
     VMSError: configs that cannot be grouped, a workdir holding another run, or models
       whose loss became NaN/Inf (the others are finished first; the message names them).
   """
-
   configs = list(configs)
   workdirs = [Path(w) for w in workdirs]
   if len(configs) != len(workdirs):

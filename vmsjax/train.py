@@ -187,9 +187,8 @@ def encode(config, encoder: vgg16.VGG16Trunk, enc_params, image):
   On CPU, for images of at least 128x128, a batch of more than 4 that 4 divides goes
   through the trunk 4 images at a time (`lax.map`): at 224x224 a whole batch's block-1
   activation (411 MB at batch 32) is far beyond the caches, and micro-batches run ~1.4x
-  more images per CPU-second
-  (docs/benchmarks.md). Same features to float rounding. On GPU/TPU the whole batch
-  goes at once: there micro-batches would only serialise work.
+  more images per CPU-second (docs/benchmarks.md). Same features to float rounding. On
+  GPU/TPU the whole batch goes at once: there micro-batches would only serialise work.
   """
 
   def trunk(image):
