@@ -120,3 +120,18 @@ def test_bfloat16_compute_keeps_params_and_optimizer_float32():
   for tree in (state.params, state.batch_stats, state.opt_state, enc):
     dtypes = {x.dtype for x in jax.tree.leaves(tree) if x.ndim > 0}
     assert dtypes == {np.dtype("float32")}, dtypes
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_progress_lines_only_when_enabled(enabled, capsys):
+  """Off a terminal, an enabled Progress prints a line per forced update (the log steps);
+  a disabled one (log.progress=false, or a process other than the first) prints nothing."""
+  progress = train.Progress(total=40, batch=32, start=0, enabled=enabled)
+  progress.update(10, 12.5)  # not a log step: nothing off a terminal
+  progress.update(20, 11.0, force=True)
+  progress.close()
+  err = capsys.readouterr().err
+  if enabled:
+    assert err.count("\n") == 1 and "step 20/40" in err and "loss 11.0" in err
+  else:
+    assert err == ""

@@ -100,7 +100,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.log = ml_collections.ConfigDict()
   c.log.every_steps = 20
-  c.log.progress = True  # progress bar when stderr is a terminal
+  c.log.progress = True  # a bar on a terminal, else a line per log step; false: silent
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 32

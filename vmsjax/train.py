@@ -434,14 +434,18 @@ def truncate_metrics(workdir: Path, step: int) -> None:
 
 
 class Progress:
-  """A one-line progress bar on a terminal; periodic log lines otherwise."""
+  """A one-line progress bar on a terminal, a line per log step otherwise; nothing when
+  disabled (`log.progress=false`, and on every process but the first)."""
 
   def __init__(self, total: int, batch: int, start: int, enabled: bool):
     self.total, self.batch, self.start = total, batch, start
     self.t0 = time.perf_counter()
+    self.enabled = enabled
     self.tty = enabled and sys.stderr.isatty()
 
   def update(self, step: int, loss: float | None, force: bool = False) -> None:
+    if not self.enabled:
+      return
     done = step - self.start
     dt = max(time.perf_counter() - self.t0, 1e-9)
     sps = done / dt
