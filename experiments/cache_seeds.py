@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -72,38 +73,53 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
   return mean, std
 
 
+SWEEP_MEAN = "sweep mean"
+
+
+def _row(ref: dict[str, float], oth: dict[str, float]) -> dict:
+  """Both modes' mean ± std over their seeds, and the paired difference (oth - ref) over
+  the seeds both have: mean, standard error, 95% t interval, and whether it lies within
+  the tolerance (the mean, and the whole interval)."""
+  row = {"reference": None, "other": None, "paired": None}
+  for key, values in (("reference", ref), ("other", oth)):
+    if values:
+      mean, std = _mean_std(list(values.values()))
+      row[key] = {"mean": mean, "std": std, "n": len(values)}
+  seeds = sorted(set(ref) & set(oth))
+  if len(seeds) >= 2:
+    diffs = [oth[s] - ref[s] for s in seeds]
+    mean, std = _mean_std(diffs)
+    se = std / math.sqrt(len(diffs))
+    half = _t_quantile(len(diffs) - 1) * se
+    row["paired"] = {
+      "n": len(diffs),
+      "seeds": seeds,
+      "differences": diffs,
+      "mean": mean,
+      "median": statistics.median(diffs),
+      "positive": sum(d > 0 for d in diffs),
+      "se": se,
+      "ci95": [mean - half, mean + half],
+      "mean_within_tolerance": abs(mean) <= TOLERANCE,
+      "ci_within_tolerance": -TOLERANCE <= mean - half and mean + half <= TOLERANCE,
+    }
+  return row
+
+
+def _sweep_means(per_label: list[dict[str, float]]) -> dict[str, float]:
+  """{seed: mean over the labels} for the seeds every label finished."""
+  seeds = set.intersection(*(set(v) for v in per_label)) if per_label else set()
+  return {s: sum(v[s] for v in per_label) / len(per_label) for s in seeds}
+
+
 def compare(reference: dict, other: dict, channel: str = "all") -> dict:
-  """Per label of the reference sweep report: both modes' rho2D mean ± std over their
-  finished seeds, and the paired difference (other - reference) over the seeds both
-  finished: mean, standard error, 95% t interval, and whether it lies within the
-  tolerance (the mean, and the whole interval)."""
-  out = {}
-  for label in reference["labels"]:
-    ref, oth = _seed_values(reference, label, channel), _seed_values(other, label, channel)
-    seeds = sorted(set(ref) & set(oth))
-    row = {"reference": None, "other": None, "paired": None}
-    if ref:
-      row["reference"] = dict(zip(("mean", "std"), _mean_std(list(ref.values())), strict=True))
-      row["reference"]["n"] = len(ref)
-    if oth:
-      row["other"] = dict(zip(("mean", "std"), _mean_std(list(oth.values())), strict=True))
-      row["other"]["n"] = len(oth)
-    if len(seeds) >= 2:
-      diffs = [oth[s] - ref[s] for s in seeds]
-      mean, std = _mean_std(diffs)
-      se = std / math.sqrt(len(diffs))
-      half = _t_quantile(len(diffs) - 1) * se
-      row["paired"] = {
-        "n": len(diffs),
-        "seeds": seeds,
-        "differences": diffs,
-        "mean": mean,
-        "se": se,
-        "ci95": [mean - half, mean + half],
-        "mean_within_tolerance": abs(mean) <= TOLERANCE,
-        "ci_within_tolerance": -TOLERANCE <= mean - half and mean + half <= TOLERANCE,
-      }
-    out[label] = row
+  """Per label of the reference sweep report, `_row` of the two reports' rho2D over
+  their finished seeds; under SWEEP_MEAN, the same for each seed's mean over the labels
+  (the sweep's mean rho2D, over the seeds where every label finished)."""
+  ref = {lb: _seed_values(reference, lb, channel) for lb in reference["labels"]}
+  oth = {lb: _seed_values(other, lb, channel) for lb in reference["labels"]}
+  out = {lb: _row(ref[lb], oth[lb]) for lb in ref}
+  out[SWEEP_MEAN] = _row(_sweep_means(list(ref.values())), _sweep_means(list(oth.values())))
   return out
 
 
@@ -135,13 +151,18 @@ def markdown(modes, reports, comparisons, channel: str = "all") -> str:
   lines = [
     f"rho2D({channel}), {reports[0]['sweep']}; differences are mode - {ref_name}, paired by seed",
     "",
-    "| model | mode | seeds | mean ± std | paired diff | SE | 95% interval | within 0.02 |",
-    "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |",
+    "| model | mode | seeds | mean ± std | paired diff | SE | 95% interval | median | > 0 "
+    "| within 0.02 |",
+    "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |",
   ]
-  for label in reports[0]["labels"]:
+  for label in [*reports[0]["labels"], SWEEP_MEAN]:
     first = comparisons[0][label]["reference"]
+    if first is None:
+      continue
     lines.append(
-      f"| {label} | {ref_name} | {first['n']} | {first['mean']:.3f} ± {first['std']:.3f} | | | | |"
+      f"| {label} | {ref_name} | {first['n']} | {first['mean']:.3f} ± {first['std']:.3f} "
+      + "| " * 6
+      + "|"
     )
     for (cache, views), cmp in zip(modes[1:], comparisons, strict=True):
       row = cmp[label]
@@ -155,15 +176,19 @@ def markdown(modes, reports, comparisons, channel: str = "all") -> str:
           f"{p['mean']:+.3f}",
           f"{p['se']:.3f}",
           f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]",
+          f"{p['median']:+.3f}",
+          f"{p['positive']}/{p['n']}",
           verdict,
         ]
       else:
-        cells += ["–"] * 4
+        cells += ["–"] * 6
       n = o["n"] if o else 0
       lines.append(f"| {label} | {cache}:{views} | {n} | " + " | ".join(cells) + " |")
   lines += [
     "",
-    "within 0.02: yes = the whole 95% interval; mean = the mean difference only; no = neither.",
+    "paired diff: the mean over seeds of (mode - reference); > 0: the seeds where the mode "
+    "is higher; within 0.02: yes = the whole 95% interval, mean = the mean difference "
+    "only, no = neither. sweep mean: each seed's mean over the models.",
   ]
   return "\n".join(lines)
 

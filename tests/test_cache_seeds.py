@@ -98,3 +98,18 @@ def test_bad_modes_are_named(text):
 
 def test_modes_default_k():
   assert cache_seeds.parse_modes("off,memory:40") == [("off", 8), ("memory", 40)]
+
+
+def test_sweep_mean_pairs_each_seeds_mean_over_models():
+  ref = _report({"a": [0.6, 0.5, 0.7], "b": [0.2, 0.3, None]})
+  other = _report({"a": [0.62, 0.55, 0.71], "b": [0.25, 0.28, 0.3]})
+  row = cache_seeds.compare(ref, other)[cache_seeds.SWEEP_MEAN]
+  # seed 2 of b failed in the reference: the sweep mean uses seeds 0 and 1 there
+  assert row["reference"]["n"] == 2 and row["other"]["n"] == 3
+  assert row["paired"]["differences"] == pytest.approx([(0.02 + 0.05) / 2, (0.05 - 0.02) / 2])
+  assert row["paired"]["median"] == pytest.approx(0.025)
+  assert row["paired"]["positive"] == 2
+  table = cache_seeds.markdown(
+    [("off", 8), ("memory", 8)], [ref], [cache_seeds.compare(ref, other)]
+  )
+  assert "| sweep mean | memory:8 | 3 |" in table
