@@ -26,7 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-CHANNELS = ("true", "false", "all")
+from vmsjax import hostmem
+from vmsjax.sweep import CHANNELS
+
 TOLERANCE = 0.02  # issue 6: cached rho2D(all) within 0.02 of uncached
 
 
@@ -67,10 +69,9 @@ def _seed_values(report: dict, label: str, channel: str) -> dict[str, float]:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
-  n = len(values)
-  mean = sum(values) / n
-  std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
-  return mean, std
+  """Mean and sample standard deviation (NaN for one value)."""
+  std = statistics.stdev(values) if len(values) > 1 else float("nan")
+  return statistics.fmean(values), std
 
 
 SWEEP_MEAN = "sweep mean"
@@ -194,9 +195,8 @@ def markdown(modes, reports, comparisons, channel: str = "all") -> str:
 
 
 def main(argv=None) -> int:
-  from vmsjax import hostmem
-
-  hostmem.reexec_with_huge_pages()
+  if argv is None:  # run as a program: may restart it with huge pages (vmsjax/hostmem.py)
+    hostmem.reexec_with_huge_pages()
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--data_dir", default="data")
   p.add_argument("--workroot", type=Path, default=Path("runs/cache_seeds"))
