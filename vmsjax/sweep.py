@@ -149,7 +149,8 @@ def commands(
   return out
 
 
-def _eval_path(workdir: Path, config) -> Path:
+def eval_path(workdir: Path, config) -> Path:
+  """Where `vmsjax evaluate` writes the report of the last step of a run on its eval split."""
   return workdir / "eval" / f"{config.data.eval_split}-{config_lib.total_steps(config)}.json"
 
 
@@ -254,7 +255,7 @@ def run(
         }
       )
     for i in g:
-      if i in errors or _eval_path(dirs[i], configs[i]).exists():
+      if i in errors or eval_path(dirs[i], configs[i]).exists():
         continue
       print(f"sweep: evaluating {sweep.points[i].name}", file=log)
       evaluate.evaluate(dirs[i], baselines=baselines)
@@ -297,7 +298,7 @@ def _report(spec, config_spec, sweep, configs, dirs, groups, errors, timing, ext
       "overrides": point_overrides(p, extra),
       "workdir": str(d),
     }
-    path = _eval_path(d, c)
+    path = eval_path(d, c)
     if i in errors:
       row.update(status="failed", error=errors[i])
     elif path.exists():
