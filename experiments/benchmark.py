@@ -1,12 +1,16 @@
 """Throughput of the VMS-VAE's phases on whatever devices JAX sees, against a matmul ceiling.
 
 One run measures, at the paper's shapes (configs/vischema.py:m32: 224x224, n=128, m=32,
-decoder 256-128-64-32, augmentation on, batch 32 per device) with a random frozen trunk:
+decoder 256-128-64-32, augmentation on, batch 32 per device) with a random frozen trunk,
+everything built by `vmsjax.factory.build` as `vmsjax train` builds it (the decoder form
+and the trunk's micro-batches are `vmsjax.tuning`'s choices for the backend):
 
   matmul   the device's own dense matmul rate: the ceiling the other phases are compared to
-  encoder  VGG-16 trunk forward (preprocess + 13 convs) on images already at model size
-  train    the full training step: augmentation warp, trunk, head + decoder fwd/bwd, Adam
-  head     the head + decoder step alone on cached trunk features ((7, 7, 512) per image)
+  encoder  VGG-16 trunk forward (`pixels.encode`) on images already at model size
+  train    the real training step (`step.jit_step`, a group of one, on pixels):
+           augmentation warp, trunk, head + decoder fwd/bwd, Adam
+  head     the head + decoder update alone (`step.head_step` vmapped over a group of
+           one) on random trunk-shaped features ((7, 7, 512) per image) and maps
   eval     prediction: resize, trunk, decoder with z = mu, sigmoid (what `predict` runs)
 
 For each phase and compute dtype it prints a table and writes a JSON list of records
@@ -14,40 +18,35 @@ For each phase and compute dtype it prints a table and writes a JSON list of rec
 and memory. Warm-up (compilation and one call) is excluded; each figure is the median of
 `--repeats` timings of `--iters` back-to-back calls on device-resident inputs (host input
 transfer and the data pipeline are not measured). `cpu_seconds_per_call` is the process's
-CPU time per call (all threads): on a shared host it is steadier than the wall time, and
-on an idle host wall ~= CPU time / cores when every core is busy.
+CPU time per call (all threads): on a shared host it is steadier than the wall time.
 
-FLOPs. `flops_analytic` counts the multiply-adds of the convolutions and dense layers (2
-per MAC; a backward pass costs two forward passes for layers whose input gradient is
-needed, one otherwise; transposed convolutions count only their useful MACs, not the
-zeros of the dilated input; the augmentation warp, norms and pointwise ops are not
-counted). `flops_xla` is XLA's `cost_analysis()` of the compiled executable, summed over
-devices: it also counts elementwise work, and only the kernel taps that fall inside the
-(unpadded, undilated) input; at 224x224 it was within 4% of the analytic count for every
-phase. It is None (and so is `gflops_per_s_xla`) where a loop holds convolutions, since
-the cost model counts a loop's body once: on CPU the trunk runs in `lax.map`
-micro-batches, so the encoder, train and eval phases there have none. `gflops_per_s` and
-`ceiling_ratio` use the analytic count (model FLOP utilisation); `gflops_per_s_xla` is
-given beside it. The VGG-16 trunk is about 30.7 GFLOP per 224x224 image forward.
+FLOPs. `flops` counts the multiply-adds of the convolutions and dense layers (2 per MAC;
+a backward pass costs two forward passes for layers whose input gradient is needed, one
+otherwise; transposed convolutions count only their useful MACs; the augmentation warp,
+norms and pointwise ops are not counted). `flops_xla` is XLA's `cost_analysis()` summed
+over devices: it also counts elementwise work, and only the kernel taps that fall inside
+the (unpadded, undilated) input; at 224x224 it was within 4% of `flops` for every phase.
+It is None where a loop holds convolutions (the cost model counts a loop's body once): on
+CPU the trunk runs in `lax.map` micro-batches, so the encoder, train and eval phases
+there have none. `gflops_per_s` and `ceiling_ratio` use `flops` (model FLOP utilisation).
+The VGG-16 trunk is about 30.7 GFLOP per 224x224 image forward.
 
-Memory. `xla_memory_bytes` is the compiled step's argument + output + temporary buffers
-(from `memory_analysis()`, per device). `peak_memory_bytes` is the device's
+Memory. `xla_memory_bytes` is the compiled program's argument + output + temporary
+buffers (`memory_analysis()`, per device). `peak_memory_bytes` is the device's
 `peak_bytes_in_use` where it reports one (GPU), else the process's maximum resident set
 size; both are peaks since the process started, so later phases include earlier ones.
 
-The script needs jax, flax, optax, orbax-checkpoint and numpy only: `vmsjax.train`
-imports ml_collections at module level, and when it is not installed (the lent GPU
-machines) the script puts a minimal stand-in for it in `sys.modules` before the import.
-It never imports grain or tensorflow-datasets.
+It imports the installed vmsjax and needs only its compute dependencies (jax, flax,
+optax, orbax-checkpoint, ml-collections, numpy), never grain or tensorflow-datasets (the
+lent GPU machines carry ml-collections as a wheel). From a checkout without installing
+vmsjax, put the checkout on the path (first line):
 
-Run (CPU figures in docs/benchmarks.md):
-
-  python experiments/benchmark.py --out bench_cpu.json
+  PYTHONPATH=. python experiments/benchmark.py --out bench_gpu.json
+  python experiments/benchmark.py --out bench_cpu.json   # CPU figures: docs/benchmarks.md
   python experiments/benchmark.py --phases train,head --repeats 5 --out train.json
   python experiments/benchmark.py --size 32 --batch 4 --repeats 1 --iters 1 --out tiny.json
-
-XLA flags (e.g. `XLA_FLAGS=--xla_force_host_platform_device_count=4`) go in the
-environment; the effective value is recorded in each record.
+XLA flags go in the environment (`XLA_FLAGS=--xla_force_host_platform_device_count=4`);
+each record keeps the effective value.
 """
 
 from __future__ import annotations
@@ -61,7 +60,6 @@ import resource
 import statistics
 import sys
 import time
-import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,78 +68,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Run from a checkout without installing vmsjax (the lent GPU machines): the repository
-# root, where vmsjax/ and configs/ are, goes on the path.
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-  sys.path.insert(0, str(REPO_ROOT))
-
-from vmsjax import VMSError, hostmem  # noqa: E402  (standard library only)
+from vmsjax import VMSError, factory, hostmem, inference, pixels, step
+from vmsjax import config as config_lib
+from vmsjax.models import vgg16
 
 PHASES: tuple[str, ...] = ("matmul", "encoder", "train", "head", "eval")
-PAPER_CONFIG = "configs/vischema.py:m32"
-
-
-# --------------------------------------------------------------------------- imports
-
-
-class _AttrDict(dict):
-  """A dict with attribute access: the part of ml_collections.ConfigDict vmsjax reads."""
-
-  def __init__(self, *args, **kwargs):
-    super().__init__(*args, **kwargs)
-    for k, v in self.items():
-      if isinstance(v, dict) and not isinstance(v, _AttrDict):
-        self[k] = _AttrDict(v)
-
-  def __getattr__(self, name: str) -> Any:
-    try:
-      return self[name]
-    except KeyError as e:
-      raise AttributeError(name) from e
-
-  def __setattr__(self, name: str, value: Any) -> None:
-    self[name] = value
-
-  def to_dict(self) -> dict:
-    return {k: v.to_dict() if isinstance(v, _AttrDict) else v for k, v in self.items()}
-
-
-def import_train():
-  """Imports vmsjax.train, standing in for ml_collections where it is not installed.
-
-  vmsjax.train and vmsjax.config import ml_collections at module level but the
-  functions this script calls only read config attributes, so a stand-in module whose
-  ConfigDict is an attribute dict is enough to benchmark the real step.
-
-  Returns:
-    (vmsjax.train module, whether the stand-in was used).
-  """
-  try:
-    import ml_collections
-
-    stand_in = getattr(ml_collections, "__vmsjax_benchmark_stand_in__", False)
-  except ImportError:
-    module = types.ModuleType("ml_collections")
-    module.ConfigDict = _AttrDict
-    module.__vmsjax_benchmark_stand_in__ = True
-    sys.modules["ml_collections"] = module
-    stand_in = True
-  from vmsjax import train
-
-  return train, stand_in
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout: configs/ is read here
+PAPER_CONFIG = f"{REPO_ROOT / 'configs' / 'vischema.py'}:m32"
 
 
 def make_config(size: int, dtype: str):
-  """configs/vischema.py:m32 with a random frozen trunk, at `size` x `size` in `dtype`.
-
-  Call `import_train` first: without ml_collections the config is built from the
-  stand-in's attribute dicts.
-  """
-  from vmsjax import config as config_lib
-
-  path, _, arg = PAPER_CONFIG.partition(":")
-  c = config_lib.load(f"{REPO_ROOT / path}:{arg}")
+  """configs/vischema.py:m32 with a random frozen trunk, at `size` x `size` in `dtype`."""
+  c = config_lib.load(PAPER_CONFIG)
   c.model.encoder.allow_random = True  # no ImageNet weights needed to time the step
   c.model.dtype = dtype
   c.data.image_size = size
@@ -153,8 +91,6 @@ def make_config(size: int, dtype: str):
 
 def vgg16_forward_flops(size: int) -> int:
   """Multiply-add FLOPs (2 per MAC) of the VGG-16 trunk's convolutions for one image."""
-  from vmsjax.models import vgg16
-
   flops, hw, c_in = 0, size, 3
   for _, n_conv, c_out in vgg16.BLOCKS:
     for _ in range(n_conv):
@@ -166,11 +102,9 @@ def vgg16_forward_flops(size: int) -> int:
 
 def head_decoder_layers(config) -> list[tuple[str, int]]:
   """(layer name, forward FLOPs for one image) of the trainable layers, in order."""
-  m = config.model
-  s = config.data.image_size // 32
-  feats = s * s * 512
+  m, s = config.model, config.data.image_size // 32
   layers = [
-    ("head/dense", 2 * feats * m.dense),
+    ("head/dense", 2 * s * s * vgg16.FEATURES * m.dense),
     ("head/mu", 2 * m.dense * m.latent),
     ("head/logvar", 2 * m.dense * m.latent),
     ("decoder/dense", 2 * m.latent * s * s * m.decoder_channels[0]),
@@ -192,20 +126,15 @@ def analytic_flops(phase: str, config, batch: int) -> int:
   # Backward: weight gradient for every layer, input gradient for every layer but the
   # first (the trunk features are constants).
   train_head = fwd + sum(2 * f if name != "head/dense" else f for name, f in layers)
-  per_image = {
-    "encoder": enc,
-    "train": enc + train_head,
-    "head": train_head,
-    "eval": enc + fwd,
-  }[phase]
-  return per_image * batch
+  per_image = {"encoder": enc, "train": enc + train_head, "head": train_head, "eval": enc + fwd}
+  return per_image[phase] * batch
 
 
 def xla_flops(compiled) -> float | None:
   """Total FLOPs XLA's cost model gives a compiled executable, over all devices.
 
   None where a loop holds convolutions: the cost model counts a loop's body once, not
-  once per trip (the trunk runs in `lax.map` micro-batches on CPU, see `train.encode`).
+  once per trip (the trunk runs in `lax.map` micro-batches on CPU, see `pixels.encode`).
   """
   try:
     if _convolutions_in_loops(compiled.as_text()):
@@ -250,7 +179,7 @@ def xla_memory(compiled) -> int | None:
   try:
     m = compiled.memory_analysis()
   except Exception:
-    return None
+    m = None
   if m is None:
     return None
   return int(
@@ -260,7 +189,6 @@ def xla_memory(compiled) -> int | None:
 
 def peak_memory() -> tuple[int, str]:
   """(bytes, source): the device's peak_bytes_in_use if it has one, else the max RSS."""
-  stats = None
   try:
     stats = jax.local_devices()[0].memory_stats()
   except Exception:
@@ -271,18 +199,11 @@ def peak_memory() -> tuple[int, str]:
   return int(rss * (1 if sys.platform == "darwin" else 1024)), "process max RSS"
 
 
-# --------------------------------------------------------------------------- timing
-
-
 def time_calls(
   call: Callable[[], Any], repeats: int, iters: int
 ) -> tuple[list[float], list[float]]:
   """(wall, cpu): seconds per call, one figure per repeat, in wall-clock time and in this
-  process's CPU time (all threads). `call` must block until its result is done.
-
-  On a shared host the CPU time per call is the steadier figure: other processes lengthen
-  the wall time but not the CPU work this process does (to a first order).
-  """
+  process's CPU time (all threads). `call` must block until its result is done."""
   wall, cpu = [], []
   for _ in range(repeats):
     t0, c0 = time.perf_counter(), time.process_time()
@@ -293,179 +214,149 @@ def time_calls(
   return wall, cpu
 
 
-def compile_timed(fn, *args):
-  """(compiled, seconds) for `fn` (a jax.jit object) lowered at `args`."""
-  t0 = time.perf_counter()
-  compiled = fn.lower(*args).compile()
-  return compiled, time.perf_counter() - t0
-
-
 class Phases:
-  """Builds the jitted function and inputs of each phase for one config."""
+  """The jitted function and inputs of each model phase for one config: `<phase>_fn()`
+  gives (jitted function, its arguments, whether it donates argument 0, a train state).
 
-  def __init__(self, train, config, batch_per_device: int):
-    self.train = train
-    self.config = config
-    self.mesh = train.data_mesh()
-    self.repl, self.split = train.shardings(self.mesh)
+  Args:
+    config: the run's config (`make_config`).
+    batch_per_device: images per device per call.
+    setup: what the phases run (default: `factory.build(config)`, as `vmsjax train`).
+    micro_batch: images per trunk call in the encoder phase (default: `pixels.encode`'s).
+  """
+
+  def __init__(self, config, batch_per_device: int, setup=None, micro_batch: int | None = None):
+    self.config, self.micro_batch = config, micro_batch
+    self.setup: factory.Setup = factory.build(config) if setup is None else setup
     self.batch = batch_per_device * jax.device_count()
-    self.model = train.make_model(config)
-    self.tx = train.make_optimizer(config)
-    self.encoder = train.make_encoder(config)
-    self.root = jax.random.key(config.seed)
-    self.enc_params = jax.device_put(train.encoder_params(config, self.root), self.repl)
-    self._state_fn = jax.jit(
-      lambda r: train.init_state(config, self.model, self.tx, r), out_shardings=self.repl
-    )
-    rng = np.random.default_rng(0)
-    s = config.data.image_size
-    self.images = jax.device_put(
-      rng.integers(0, 256, (self.batch, s, s, 3), dtype=np.uint8), self.split
-    )
-    self.vms = jax.device_put(rng.random((self.batch, s, s, 2), dtype=np.float32), self.split)
+    rng, s, split = np.random.default_rng(0), config.data.image_size, self.setup.split
+    self.images = jax.device_put(rng.integers(0, 256, (self.batch, s, s, 3), np.uint8), split)
+    self.vms = jax.device_put(rng.random((self.batch, s, s, 2), dtype=np.float32), split)
+    stack = lambda tree: jax.tree.map(lambda x: x[None], tree)  # noqa: E731
+    self._stack = jax.jit(stack, out_shardings=self.setup.repl)
 
-  def fresh_state(self):
-    return self._state_fn(self.root)
+  def fresh_state(self) -> factory.TrainState:
+    """A fresh replicated state from `config.seed`."""
+    return self.setup.init(self.config.seed)
+
+  def group(self) -> tuple[factory.TrainState, Any]:
+    """(states, members) of a group of one: a fresh state stacked on a leading axis
+    G = 1, and the step's `members` argument (`step.members`), replicated."""
+    members = jax.device_put(step.members([self.config]), self.setup.repl)
+    return self._stack(self.fresh_state()), members
 
   def encoder_fn(self):
-    """(jitted, args): trunk features of float images already at model size."""
-    config, encoder, train = self.config, self.encoder, self.train
+    """Trunk features of float images already at model size."""
+    config, setup, micro = self.config, self.setup, self.micro_batch
     fn = jax.jit(
-      lambda p, x: train.encode(config, encoder, p, x),
-      in_shardings=(self.repl, self.split),
-      out_shardings=self.split,
+      lambda p, x: pixels.encode(config, setup.encoder, p, x, micro_batch=micro),
+      in_shardings=(setup.repl, setup.split),
+      out_shardings=setup.split,
     )
-    images = jax.device_put(self.images.astype(jnp.float32), self.split)
-    return fn, (self.enc_params, images), False
+    images = jax.device_put(self.images.astype(jnp.float32), setup.split)
+    return fn, (setup.enc_params, images), False
 
   def train_fn(self):
-    """(jitted, args): the real training step, state donated."""
-    fn = self.train.jit_train_step(self.config, self.model, self.tx, self.encoder, self.mesh)
+    """The real training step on pixels, a group of one."""
+    fn = step.jit_step(self.config, self.setup, 1)
+    states, members = self.group()
     batch = {"image": self.images, "vms": self.vms}
-    return fn, (self.fresh_state(), self.enc_params, batch, self.root), True
+    return fn, (states, self.setup.enc_params, batch, members), True
 
   def head_fn(self):
-    """(jitted, args): train.head_step on random trunk-shaped features, state donated."""
-    train, config, model, tx = self.train, self.config, self.model, self.tx
-    fh, fw = train.feature_hw(config)
-    feats = jax.device_put(
-      np.random.default_rng(1).standard_normal((self.batch, fh, fw, 512), np.float32),
-      self.split,
-    )  # (B, 7, 7, 512) at 224
+    """`step.head_step` vmapped over a group of one on random trunk-shaped features."""
+    config, setup = self.config, self.setup
+    fh, fw = factory.feature_hw(config)
+    feats = np.random.default_rng(1).standard_normal((self.batch, fh, fw, 512), np.float32)
+    feats = jax.device_put(feats, setup.split)  # (B, 7, 7, 512) at 224
 
-    def step(state, feats, vms, root):
-      _, k_latent = train.step_keys(root, state.step)
-      hyper = train.default_hyper(config, state.step)
-      return train.head_step(config, model, tx, state, feats, vms, k_latent, hyper)
+    def head(states, feats, vms, group):
+      def one(state, key_data, hyper):
+        _, k_latent = step.step_keys(jax.random.wrap_key_data(key_data), state.step)
+        return step.head_step(config, setup.model, state, feats, vms, k_latent, hyper)
+
+      return jax.vmap(one)(states, group["key"], group["hyper"])
 
     fn = jax.jit(
-      step,
-      in_shardings=(self.repl, self.split, self.split, self.repl),
-      out_shardings=(self.repl, self.repl),
+      head,
+      in_shardings=(setup.repl, setup.split, setup.split, setup.repl),
+      out_shardings=(setup.repl, setup.repl),
       donate_argnums=(0,),
     )
-    return fn, (self.fresh_state(), feats, self.vms, self.root), True
+    states, members = self.group()
+    return fn, (states, feats, self.vms, members), True
 
   def eval_fn(self):
-    """(jitted, args): the function `vmsjax.inference.predict` runs on each batch."""
-    from vmsjax import inference
-
+    """The function `vmsjax.inference.predict` runs on each batch."""
+    s = self.setup
     trained = inference.Trained(
-      workdir=Path("."),
-      config=self.config,
-      step=0,
-      state=self.fresh_state(),
-      enc_params=self.enc_params,
-      model=self.model,
-      encoder=self.encoder,
-      mesh=self.mesh,
+      Path("."), self.config, 0, self.fresh_state(), s.enc_params, s.model, s.encoder, s.mesh
     )
-    fn = inference._compiled(trained, "maps")
-    return fn, (trained.state, self.enc_params, self.images), False
+    return inference._compiled(trained, "maps"), (trained.state, s.enc_params, self.images), False
 
 
-def phase_call(phases: Phases, phase: str) -> tuple[Callable[[], None], Any, float]:
-  """(call, compiled, compile seconds) of one model phase, compiled and warmed up.
+def compiled_call(fn, args: tuple, donates: bool) -> tuple[Callable[[], None], Any, float]:
+  """(call, compiled, compile seconds) of `fn` (a jax.jit object) at `args`, warmed up:
+  `call()` runs it once and blocks; a donated state (argument 0) is threaded through."""
+  t0 = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  holder = {"state": args[0]}
 
-  `call()` runs the phase once on its device-resident inputs and blocks until done; a
-  donated state (argument 0) is threaded through the calls.
-  """
-  fn, args, donates = getattr(phases, f"{phase}_fn")()
-  compiled, compile_s = compile_timed(fn, *args)
-  if donates:
-    holder = {"state": args[0]}
-
-    def call():
+  def call():
+    if donates:
       holder["state"], metrics = compiled(holder["state"], *args[1:])
       jax.block_until_ready((holder["state"], metrics))
-
-  else:
-
-    def call():
+    else:
       jax.block_until_ready(compiled(*args))
 
   call()  # warm-up
   return call, compiled, compile_s
 
 
-def run_phase(phases: Phases, phase: str, repeats: int, iters: int) -> dict:
-  """Compiles, warms up and times one model phase; returns its record (no ceiling yet)."""
-  call, compiled, compile_s = phase_call(phases, phase)
+def phase_call(phases: Phases, phase: str) -> tuple[Callable[[], None], Any, float]:
+  """`compiled_call` of one model phase of `phases`."""
+  return compiled_call(*getattr(phases, f"{phase}_fn")())
+
+
+def measure(fn, args: tuple, donates: bool, repeats: int, iters: int) -> dict:
+  """Compiles, warms up and times `fn` at `args`: the timing and XLA fields of a record."""
+  call, compiled, compile_s = compiled_call(fn, args, donates)
   seconds, cpu = time_calls(call, repeats, iters)
-  step_s = statistics.median(seconds)
-  batch = phases.batch
+  peak, source = peak_memory()
   return {
-    "phase": phase,
-    "batch": batch,
-    "images_per_s": batch / step_s,
-    "seconds_per_call": step_s,
+    "seconds_per_call": statistics.median(seconds),
     "seconds_all": seconds,
     "cpu_seconds_per_call": statistics.median(cpu),
-    "flops": analytic_flops(phase, phases.config, batch),
     "flops_source": "analytic",
     "flops_xla": xla_flops(compiled),
     "compile_s": compile_s,
     "xla_memory_bytes": xla_memory(compiled),
+    "peak_memory_bytes": peak,
+    "memory_source": source,
   }
+
+
+def run_phase(phases: Phases, phase: str, repeats: int, iters: int) -> dict:
+  """One model phase's record (no ceiling yet)."""
+  fn, args, donates = getattr(phases, f"{phase}_fn")()
+  rec = dict(phase=phase, batch=phases.batch, **measure(fn, args, donates, repeats, iters))
+  rec["images_per_s"] = phases.batch / rec["seconds_per_call"]
+  return dict(rec, flops=analytic_flops(phase, phases.config, phases.batch))
 
 
 def run_matmul(n: int, dtype: str, repeats: int, iters: int) -> dict:
   """One (n, n) @ (n, n) matmul per device at once; its FLOP rate is the ceiling."""
-  from jax.sharding import Mesh, NamedSharding
-  from jax.sharding import PartitionSpec as P
-
-  mesh = Mesh(np.asarray(jax.devices()), ("data",))
-  split = NamedSharding(mesh, P("data"))
-  d = jax.device_count()
-  rng = np.random.default_rng(0)
+  _, split = factory.shardings(factory.data_mesh())
+  d, rng = jax.device_count(), np.random.default_rng(0)
   dt = jnp.dtype(dtype)  # numpy alone does not know "bfloat16"
   a = jax.device_put(rng.standard_normal((d, n, n), np.float32).astype(dt), split)
   b = jax.device_put(rng.standard_normal((d, n, n), np.float32).astype(dt), split)
   fn = jax.jit(
     lambda x, y: jnp.einsum("bij,bjk->bik", x, y), in_shardings=(split, split), out_shardings=split
   )
-  compiled, compile_s = compile_timed(fn, a, b)
-
-  def call():
-    jax.block_until_ready(compiled(a, b))
-
-  call()
-  seconds, cpu = time_calls(call, repeats, iters)
-  step_s = statistics.median(seconds)
-  return {
-    "phase": "matmul",
-    "batch": None,
-    "matmul_n": n,
-    "images_per_s": None,
-    "seconds_per_call": step_s,
-    "seconds_all": seconds,
-    "cpu_seconds_per_call": statistics.median(cpu),
-    "flops": 2 * d * n**3,
-    "flops_source": "analytic",
-    "flops_xla": xla_flops(compiled),
-    "compile_s": compile_s,
-    "xla_memory_bytes": xla_memory(compiled),
-  }
+  rec = {"phase": "matmul", "batch": None, "matmul_n": n, "images_per_s": None}
+  return dict(rec, flops=2 * d * n**3, **measure(fn, (a, b), False, repeats, iters))
 
 
 # --------------------------------------------------------------------------- driver
@@ -496,50 +387,34 @@ def _cpu_model() -> str:
   return platform.processor() or "unknown"
 
 
-def benchmark(
-  phases: Sequence[str],
-  dtypes: Sequence[str],
-  size: int,
-  batch_per_device: int,
-  repeats: int,
-  iters: int,
-  matmul_n: int,
-  log: Callable[[str], None] = print,
-) -> list[dict]:
-  """Runs the phases for every dtype; returns the records (see the module docstring)."""
-  train, stand_in = import_train()
-  common = dict(device_description(), ml_collections_stand_in=stand_in, huge_pages=hostmem.status())
+def benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> list[dict]:
+  """Runs `args.phases` in each of `args.dtypes` (`parse_args`, `main` fills in the
+  defaults); returns the records (see the module docstring)."""
+  common = dict(device_description(), huge_pages=hostmem.status())
   records = []
-  for dtype in dtypes:
-    ceiling = None
-    if "matmul" in phases:
-      log(f"[{dtype}] matmul {matmul_n}^3 per device ...")
-      rec = run_matmul(matmul_n, dtype, repeats, max(iters, 3))
+  for dtype in args.dtypes:
+    ceiling, recs = None, []
+    if "matmul" in args.phases:
+      log(f"[{dtype}] matmul {args.matmul_n}^3 per device ...")
+      rec = run_matmul(args.matmul_n, dtype, args.repeats, max(args.iters, 3))
       ceiling = rec["flops"] / rec["seconds_per_call"] / 1e9
-      records.append(_finish(rec, dtype, ceiling, common, size=None, bpd=None))
-    model_phases = [p for p in phases if p != "matmul"]
+      recs.append(dict(rec, image_size=None, batch_per_device=None))
+    model_phases = [p for p in args.phases if p != "matmul"]
     if model_phases:
-      ph = Phases(train, make_config(size, dtype), batch_per_device)
+      ph = Phases(make_config(args.size, dtype), args.batch)
       for phase in model_phases:
-        log(f"[{dtype}] {phase} at {size}x{size}, batch {ph.batch} ...")
-        rec = run_phase(ph, phase, repeats, iters)
-        records.append(_finish(rec, dtype, ceiling, common, size=size, bpd=batch_per_device))
+        log(f"[{dtype}] {phase} at {args.size}x{args.size}, batch {ph.batch} ...")
+        rec = run_phase(ph, phase, args.repeats, args.iters)
+        recs.append(dict(rec, image_size=args.size, batch_per_device=args.batch))
+    for rec in recs:
+      s = rec["seconds_per_call"]
+      rec["dtype"] = dtype
+      rec["gflops_per_s"] = rec["flops"] / s / 1e9
+      rec["gflops_per_s_xla"] = rec["flops_xla"] / s / 1e9 if rec["flops_xla"] else None
+      rec["ceiling_gflops_per_s"] = ceiling
+      rec["ceiling_ratio"] = rec["gflops_per_s"] / ceiling if ceiling else None
+      records.append(dict(rec, **common))
   return records
-
-
-def _finish(rec: dict, dtype: str, ceiling: float | None, common: dict, size, bpd) -> dict:
-  """Adds dtype, rates, the ceiling ratio, memory and the machine to a record."""
-  s = rec["seconds_per_call"]
-  rec["dtype"] = dtype
-  rec["image_size"] = size
-  rec["batch_per_device"] = bpd
-  rec["gflops_per_s"] = rec["flops"] / s / 1e9
-  rec["gflops_per_s_xla"] = rec["flops_xla"] / s / 1e9 if rec["flops_xla"] else None
-  rec["ceiling_gflops_per_s"] = ceiling
-  rec["ceiling_ratio"] = rec["gflops_per_s"] / ceiling if ceiling else None
-  rec["peak_memory_bytes"], rec["memory_source"] = peak_memory()
-  rec.update(common)
-  return rec
 
 
 def format_table(records: Sequence[dict]) -> str:
@@ -566,23 +441,16 @@ def format_table(records: Sequence[dict]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  """The command line, checked (a bad value exits with status 2, naming it)."""
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--out", help="write the records as a JSON list to this file")
-  p.add_argument(
-    "--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}"
-  )
-  p.add_argument(
-    "--dtypes",
-    default="",
-    help="compute dtypes (float32, bfloat16); default float32 on CPU, bfloat16,float32 on GPU",
-  )
+  p.add_argument("--phases", default=",".join(PHASES), help=f"a subset of {','.join(PHASES)}")
+  p.add_argument("--dtypes", default="", help="float32,bfloat16 (default: CPU float32, GPU both)")
   p.add_argument("--size", type=int, default=224, help="image size, a multiple of 32")
   p.add_argument("--batch", type=int, default=32, help="images per device per call")
   p.add_argument("--repeats", type=int, default=5, help="timings; the median is reported")
   p.add_argument("--iters", type=int, default=2, help="back-to-back calls per timing")
-  p.add_argument(
-    "--matmul-n", type=int, default=0, help="matmul side (default 2048 on CPU, 8192 on GPU)"
-  )
+  p.add_argument("--matmul-n", type=int, default=0, help="matmul side (CPU 2048, GPU 8192)")
   p.add_argument(
     "--huge-pages",
     choices=hostmem.CHOICES,
@@ -590,7 +458,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     help=f"transparent huge pages for XLA's buffers (vmsjax/hostmem.py), as {hostmem.ENV}; "
     "default: that variable, else auto (on for CPU-only Linux hosts, as the vmsjax command)",
   )
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  args.phases = [x for x in args.phases.split(",") if x]
+  args.dtypes = [x for x in args.dtypes.split(",") if x]
+  if unknown := sorted(set(args.phases) - set(PHASES)):
+    p.error(f"unknown phase(s) {unknown}; choose from {','.join(PHASES)}")
+  if args.size <= 0 or args.size % 32:
+    p.error(f"--size {args.size} must be a positive multiple of 32")
+  if bad := sorted(set(args.dtypes) - {"float32", "bfloat16"}):
+    p.error(f"unknown dtype(s) {bad}; choose float32 and/or bfloat16")
+  return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -603,30 +480,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VMSError as e:  # a bad VMSJAX_HUGE_PAGES
       print(f"benchmark: {e}", file=sys.stderr)
       return 2
-  phases = [p for p in args.phases.split(",") if p]
-  unknown = sorted(set(phases) - set(PHASES))
-  if unknown:
-    print(f"unknown phase(s) {unknown}; choose from {','.join(PHASES)}", file=sys.stderr)
-    return 2
-  if args.size <= 0 or args.size % 32:
-    print(f"--size {args.size} must be a positive multiple of 32", file=sys.stderr)
-    return 2
   on_cpu = jax.default_backend() == "cpu"
-  dtypes = [d for d in args.dtypes.split(",") if d] or (
-    ["float32"] if on_cpu else ["bfloat16", "float32"]
-  )
-  bad = sorted(set(dtypes) - {"float32", "bfloat16"})
-  if bad:
-    print(f"unknown dtype(s) {bad}; choose float32 and/or bfloat16", file=sys.stderr)
-    return 2
-  matmul_n = args.matmul_n or (2048 if on_cpu else 8192)
-
-  def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-  records = benchmark(
-    phases, dtypes, args.size, args.batch, args.repeats, args.iters, matmul_n, log=log
-  )
+  args.dtypes = args.dtypes or (["float32"] if on_cpu else ["bfloat16", "float32"])
+  args.matmul_n = args.matmul_n or (2048 if on_cpu else 8192)
+  records = benchmark(args, log=lambda msg: print(msg, file=sys.stderr, flush=True))
   desc = records[0] if records else device_description()
   print(
     f"{desc['devices']} x {desc['device']} ({desc['platform']}), host {desc['host_cpu_model']}"

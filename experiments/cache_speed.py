@@ -106,14 +106,14 @@ def _build(args, dtype: str = "float32") -> float:
   """Builds the shared cache on its own; returns its wall time."""
   import jax
 
-  from vmsjax import cache, train
+  from vmsjax import cache, factory
   from vmsjax.data import pipeline
 
   config = _config(args, "m32", "memory", dtype)
   source = pipeline.open_split(config.data.name, "train", config.data.data_dir)
   t0 = time.perf_counter()
   fingerprint = pipeline.dataset_record(config.data.name, config.data.data_dir)["fingerprint"]
-  enc = jax.device_put(train.encoder_params(config))
+  enc = jax.device_put(factory.encoder_params(config))
   fc = cache.open_or_build(config, source, fingerprint, enc)
   wall = time.perf_counter() - t0
   size = sum(p.stat().st_size for p in fc.path.iterdir())

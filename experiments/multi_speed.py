@@ -1,17 +1,24 @@
 """Speed of many models per step: N seeds trained together vs one seed alone.
 
-Two measurements, in one process so that they share the machine's load:
+A run alone is a group of one: both sides go through the same code, `vmsjax.step`'s
+jitted step of a group of G models (the inputs stage once, the update vmapped over the
+members). Two measurements, in one process so that they share the machine's load:
 
-  step  the jitted steps alone: `train.jit_train_step` (one model) against
-        `multi.jit_group_step` (N models sharing one augmentation and one encoder
-        forward), on the same preloaded device batches; compilation excluded; rounds
-        alternate alone/group and the medians are compared.
+  step  the jitted steps alone: `step.jit_step(config, setup, 1)` against
+        `step.jit_step(config, setup, N)` on the same preloaded device batches;
+        compilation excluded (`compile_s` has it); rounds alternate alone/group and the
+        medians are compared.
   run   end to end, as a user runs it: `train.train_and_evaluate` of seed 0 against
-        `multi.train_group` of seeds 0..N-1 into fresh workdirs (data loading,
-        compilation, checkpoints and metrics included).
+        `train.train_group` of seeds 0..N-1 into fresh workdirs (data loading,
+        checkpoints and metrics included). After the step phase both reuse its compiled
+        steps (`step.jit_step` keeps one per kind of group), and the process's one-off
+        costs are paid; `--phases run` alone also times the steps' compilation, and the
+        first run (alone) pays those one-off costs.
 
-Without the feature cache (`features.cache=off`), on the synthetic config (64x64,
-batch 32, random frozen VGG-16), schedule shortened with --epochs.
+By default without the feature cache (`features.cache=off`: each step augments and runs
+the frozen trunk once for the whole group), on the synthetic config (64x64, batch 32,
+random frozen VGG-16), schedule shortened with --epochs; `--set features.cache=memory`
+times the cached step instead.
 
   python experiments/multi_speed.py --data_dir data --out runs/multi_speed.json
 
@@ -21,6 +28,7 @@ Target: N = 8 together in at most 2.5x the time of one (docs/speed.md has the fi
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import statistics
@@ -34,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from vmsjax import config as config_lib
-from vmsjax import hostmem, multi, records
+from vmsjax import factory, hostmem, inputs, records, step
 from vmsjax import train as train_lib
 from vmsjax.data import pipeline
 
@@ -87,60 +95,36 @@ def _time(fn, repeats: int) -> float:
 def step_speed(configs, args) -> dict:
   """Median seconds per step, alone and grouped, on the same preloaded batches."""
   config = configs[0]
-  if not pipeline.is_built(config.data.name, config.data.data_dir):
-    pipeline.build(config.data.name, config.data.data_dir)
-  source = pipeline.open_split(config.data.name, "train", config.data.data_dir)
-  model, encoder, tx = (
-    train_lib.make_model(config),
-    train_lib.make_encoder(config),
-    train_lib.make_optimizer(config),
+  source = inputs.open_training_data(config)
+  setup = factory.build(config)
+  fingerprint = pipeline.dataset_record(config.data.name, config.data.data_dir)["fingerprint"]
+  feed = inputs.open_inputs(config, source, fingerprint, setup)
+  batches = list(itertools.islice(feed.device_batches(0, setup.split), args.steps))
+  groups = {"alone": configs[:1], "group": configs}
+  fns = {k: step.jit_step(config, setup, len(g)) for k, g in groups.items()}
+  members = {k: jax.device_put(step.members(g), setup.repl) for k, g in groups.items()}
+  stack = jax.jit(
+    lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees), out_shardings=setup.repl
   )
-  mesh = train_lib.data_mesh()
-  repl, split = train_lib.shardings(mesh)
-  enc = jax.device_put(train_lib.encoder_params(config), repl)
-  it = pipeline.train_batches(source, config.train.batch_size, seed=train_lib.data_seed(config))
-  batches = [train_lib.device_batch(next(it), split) for _ in range(args.steps)]
+  box = {k: stack([setup.init(c.seed) for c in g]) for k, g in groups.items()}
 
-  init = jax.jit(lambda r: train_lib.init_state(config, model, tx, r), out_shardings=repl)
-  root = jax.random.key(0)
-  alone_fn = train_lib.jit_train_step(config, model, tx, encoder, mesh)
-  group_fn = multi.jit_group_step(configs, model, encoder, mesh)
-  keys = jax.device_put(
-    jnp.stack([jax.random.key_data(jax.random.key(c.seed)) for c in configs]), repl
-  )
-  box = {
-    "alone": init(root),
-    "group": jax.device_put(multi._stack([init(jax.random.key(c.seed)) for c in configs]), repl),
-  }
-
-  def run_alone():
-    for b in batches:
-      box["alone"], m = alone_fn(box["alone"], enc, b, root)
+  def run(kind: str, todo) -> None:
+    for b in todo:
+      box[kind], m = fns[kind](box[kind], feed.aux, b, members[kind])
     jax.block_until_ready(m)
 
-  def run_group():
-    for b in batches:
-      box["group"], m = group_fn(box["group"], enc, b, keys)
-    jax.block_until_ready(m)
-
-  compile_s = {
-    "alone": _time(lambda: jax.block_until_ready(alone_fn(box["alone"], enc, batches[0], root)), 1)
-  }
-  box["alone"] = init(root)
-  t0 = time.perf_counter()
-  box["group"], m = group_fn(box["group"], enc, batches[0], keys)
-  jax.block_until_ready(m)
-  compile_s["group"] = time.perf_counter() - t0
+  compile_s = {k: _time(lambda k=k: run(k, batches[:1]), 1) for k in groups}
   alone, group = [], []
   for _ in range(args.repeats):
-    alone.append(_time(run_alone, 1) / len(batches))
-    group.append(_time(run_group, 1) / len(batches))
+    alone.append(_time(lambda: run("alone", batches), 1) / len(batches))
+    group.append(_time(lambda: run("group", batches), 1) / len(batches))
   a, g = statistics.median(alone), statistics.median(group)
   return {
     "phase": "step",
     "models": len(configs),
     "batch": config.train.batch_size,
     "image_size": config.data.image_size,
+    "features_cache": config.features.cache,
     "steps_timed": len(batches) * args.repeats,
     "alone_s_per_step": a,
     "group_s_per_step": g,
@@ -159,7 +143,7 @@ def run_speed(configs, args) -> dict:
     train_lib.train_and_evaluate(configs[0], tmp / "alone")
     alone = time.perf_counter() - t0
     t0 = time.perf_counter()
-    multi.train_group(configs, [tmp / f"seed{i}" for i in range(len(configs))])
+    train_lib.train_group(configs, [tmp / f"seed{i}" for i in range(len(configs))])
     group = time.perf_counter() - t0
   return {
     "phase": "run",
@@ -185,13 +169,18 @@ def main(argv=None) -> int:
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
   p.add_argument("--out", default=None, help="write the records as JSON here")
   args = p.parse_args(argv)
+  phases = [x for x in args.phases.split(",") if x]
+  if unknown := sorted(set(phases) - {"step", "run"}):
+    p.error(f"unknown phase(s) {unknown}; choose from step, run")
   if argv is None:  # run as a program: may restart it with huge pages (vmsjax/hostmem.py)
     hostmem.reexec_with_huge_pages()
 
   configs = _configs(args)
+  data = configs[0].data
+  if not pipeline.is_built(data.name, data.data_dir):  # before anything is timed
+    pipeline.build(data.name, data.data_dir)
   env = machine()
   results = []
-  phases = [x for x in args.phases.split(",") if x]
   if "step" in phases:
     results.append(step_speed(configs, args))
   if "run" in phases:

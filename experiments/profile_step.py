@@ -1,34 +1,36 @@
-"""Where the paper-config training step spends its time on a CPU, before and after.
+"""Where the paper-config training step spends its time, part by part, under variants.
 
 Times the parts of the step one by one (augmentation warp, trunk forward, head + decoder
-step, whole step, prediction) as vmsjax has them ("base") and with other forms patched
-in, in one process so that all variants share the machine's load. Variant parts, joined
-by "+":
+step, whole step, prediction) as vmsjax builds them ("base": `vmsjax.tuning`'s choices
+for this backend) and with other choices passed in as arguments, in one process so that
+all variants share the machine's load. A variant is "base" or parts joined by "+", at
+most one of each kind; a kind left out keeps tuning's choice:
 
-  convT     the decoder's stride-2 transposed convolutions as flax's `nn.ConvTranspose`
-            (`lax.conv_transpose`: a convolution of the input dilated with zeros), as
-            vmsjax had them before 2026-11-26. XLA's CPU backend has no fast path for
-            that form's gradients and runs them 10-50x slower than an ordinary
-            convolution of the same size.
-  subpixel, phases, matmul
-            every transposed convolution in that one of the equivalent forms of
-            `vae.conv_transpose` (same parameters, same outputs to float rounding);
-            vmsjax picks one per layer (`vae.conv_transpose_method`: `matmul` on CPU).
-  nov26     the decoder as vmsjax had it from 2026-11-26 to 2026-11-27: `matmul` with
-            its backward left to autodiff for maps of at most 16x16 or fewer than 8
-            output channels, `phases` otherwise.
-  whole     the frozen trunk over the whole batch at once, as before 2026-11-26.
-            `train.encode` now runs it over micro-batches of 4 images (`lax.map`) on
-            CPU, which keeps its activations closer to the caches.
-  chunkN    the trunk over micro-batches of N images (e.g. chunk2, chunk8).
+  FORM      the decoder's transposed convolutions in that form of
+            `vmsjax.models.conv_transpose.FORMS` (`model.clone(conv_method=FORM)`):
+            subpixel, phases, matmul, or lax, flax's `nn.ConvTranspose` (a convolution
+            of the input dilated with zeros), as vmsjax had it before 2026-11-26. XLA's
+            CPU backend has no fast path for that form's gradients and runs them 10-50x
+            slower than an ordinary convolution of the same size. Base:
+            `tuning.decoder_form()` (`matmul` on CPU).
+  whole     the frozen trunk over the whole batch at once, as before 2026-11-26
+            (`pixels.encode(..., micro_batch=B)`).
+  chunkN    the trunk over micro-batches of N images (`micro_batch=N`, e.g. chunk2).
+            Base: `tuning.encoder_micro_batch` (4 at a time on CPU from 128x128 up).
+
+Which parts a variant changes: encoder the trunk; decoder and layers the form; train and
+eval both. Base's train is the real step (`step.jit_step`), its eval the function
+`vmsjax.inference.predict` runs; a variant's are the same functions built from its model
+(`step.make_step`) or, with a trunk choice, the same steps with `micro_batch` passed to
+`pixels.encode` (`variant_step`, `variant_maps`).
 
 Run:
 
   python experiments/profile_step.py      # warp, encoder, decoder, train; base and before
   python experiments/profile_step.py --batch 32 --parts train,eval,encoder \
-      --variants convT+whole,whole,base
+      --variants lax+whole,whole,base
   python experiments/profile_step.py --parts decoder,layers \
-      --variants convT,subpixel,phases,matmul,base
+      --variants lax,subpixel,phases,matmul,base
   XLA_FLAGS=--xla_cpu_use_onednn=true python experiments/profile_step.py --parts encoder
 
 Everything is compiled and warmed up first, then timed in `--repeats` rounds of one call
@@ -41,111 +43,138 @@ between variants. docs/benchmarks.md has the figures.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
+import dataclasses
 import re
 import statistics
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
-import flax.linen as nn
+import benchmark  # experiments/benchmark.py: the script's own folder is on sys.path
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vmsjax import factory, hostmem, pixels, step
+from vmsjax.data import augment
+from vmsjax.models import conv_transpose
 
-import benchmark  # noqa: E402  (sibling script)
-
-# --------------------------------------------------------------------------- patching
-
-
-def whole_encode(config, encoder, enc_params, image):
-  """`train.encode` as it was before 2026-11-26: the trunk over the whole batch at once."""
-  from vmsjax.models import vgg16
-
-  x = vgg16.preprocess(image, config.model.encoder.preprocessing)
-  feats = encoder.apply({"params": enc_params}, x.astype(encoder.dtype))
-  return jax.lax.stop_gradient(feats.astype(jnp.float32))  # (B, H/32, W/32, 512)
+TRUNK_FORM = re.compile(r"whole|chunk([1-9]\d*)")
 
 
-def chunked_encode(encode: Callable, micro_batch: int) -> Callable:
-  """Wraps a whole-batch encode to run the trunk over micro-batches with `lax.map`.
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One variant of the step (see the module docstring).
 
-  Batches that `micro_batch` does not divide (and the micro-batch itself) go through
-  unchanged. `train.encode` does this itself on CPU with micro-batches of 4.
+  Attributes:
+    name: as given, e.g. "lax+whole".
+    form: the decoder's transposed-convolution form, or None for tuning's.
+    trunk: "whole", the micro-batch size N of "chunkN", or None for tuning's.
   """
 
-  def wrapped(config, encoder, enc_params, image):
-    b = image.shape[0]
-    if b <= micro_batch or b % micro_batch:
-      return encode(config, encoder, enc_params, image)
-    chunks = image.reshape(b // micro_batch, micro_batch, *image.shape[1:])
-    feats = jax.lax.map(lambda x: encode(config, encoder, enc_params, x), chunks)
-    return feats.reshape(b, *feats.shape[2:])  # (B, H/32, W/32, 512)
+  name: str
+  form: str | None = None
+  trunk: str | int | None = None
 
-  return wrapped
+  def micro_batch(self, batch: int) -> int | None:
+    """The `micro_batch` argument of `pixels.encode` for a global batch of `batch`."""
+    return batch if self.trunk == "whole" else self.trunk
 
-
-def nov26_conv_transpose(x, kernel, strides, method="auto"):
-  """`vae.conv_transpose` as of 2026-11-26 (the `nov26` variant); `method` is ignored."""
-  from vmsjax.models import vae
-
-  del method
-  _, h, w, _ = x.shape
-  if h * w <= 256 or kernel.shape[-1] < 8:
-    return vae._matmul_forward(x, kernel, tuple(strides))  # autodiff backward
-  return vae.phase_conv_transpose(x, kernel, tuple(strides))
+  @property
+  def is_base(self) -> bool:
+    return self.form is None and self.trunk is None
 
 
-DECODER_FORMS = ("convT", "subpixel", "phases", "matmul", "nov26")
-
-
-def _check_variant(variant: str) -> set[str]:
-  names = set(variant.split("+")) - {"base"}
-  trunk_forms = {n for n in names if n == "whole" or re.fullmatch(r"chunk\d+", n)}
-  bad = names - trunk_forms - set(DECODER_FORMS)
-  if bad:
+def parse_variant(text: str) -> Variant:
+  """'lax+whole' -> Variant; a ValueError names an unknown or doubled part."""
+  names = [n for n in text.split("+") if n != "base"]
+  forms = [n for n in names if n in conv_transpose.FORMS]
+  trunks = [TRUNK_FORM.fullmatch(n) for n in names if TRUNK_FORM.fullmatch(n)]
+  if not text or len(forms) + len(trunks) != len(names):
     raise ValueError(
-      f"unknown variant {variant!r}; parts are base, {', '.join(DECODER_FORMS)}, whole, chunkN"
+      f"unknown variant {text!r}; parts are base, {', '.join(conv_transpose.FORMS)}, whole, chunkN"
     )
-  if len(trunk_forms) > 1 or len(names & set(DECODER_FORMS)) > 1:
-    raise ValueError(f"variant {variant!r}: at most one decoder form and one trunk form")
-  return names
+  if len(forms) > 1 or len(trunks) > 1:
+    raise ValueError(f"variant {text!r}: at most one decoder form and one trunk form")
+  trunk = None
+  if trunks:
+    trunk = int(trunks[0].group(1)) if trunks[0].group(1) else "whole"
+  return Variant(text, forms[0] if forms else None, trunk)
 
 
-@contextlib.contextmanager
-def patched(variant: str):
-  """Swaps other forms into vmsjax for the duration, in this process only.
+def variant_step(config, setup: factory.Setup, micro_batch: int | None):
+  """`step.make_step`'s step(states, enc_params, batch, members) on pixels, with the trunk
+  over `micro_batch` images at a time (None: `step.make_step` itself)."""
+  if micro_batch is None:
+    return step.make_step(config, setup)
+  data_root = jax.random.key(factory.data_seed(config))
 
-  Args:
-    variant: "base" (vmsjax as it is), or parts joined by "+": a decoder form ("convT":
-      flax's `nn.ConvTranspose`; "subpixel", "phases", "matmul": that form of
-      `vae.conv_transpose` in every layer; "nov26": the per-layer choice of
-      2026-11-26) and a trunk form ("whole": the whole batch
-      at once; "chunkN": micro-batches of N).
-  """
-  from vmsjax import train
-  from vmsjax.models import vae
+  def run(states, enc_params, batch, group):
+    k = states.step[0]
+    k_augment, _ = step.step_keys(data_root, k)
+    image, vms = pixels.augmented_inputs(config, k_augment, batch)
+    feats = pixels.encode(config, setup.encoder, enc_params, image, micro_batch=micro_batch)
 
-  names = _check_variant(variant)
-  old_ct, old_encode, old_fn = vae.SubpixelConvTranspose, train.encode, vae.conv_transpose
-  try:
-    if "convT" in names:
-      vae.SubpixelConvTranspose = nn.ConvTranspose
-    if "nov26" in names:
-      vae.conv_transpose = nov26_conv_transpose
-    for form in names & {"subpixel", "phases", "matmul"}:
-      vae.SubpixelConvTranspose = functools.partial(old_ct, method=form)
-    for n in names:
-      if n == "whole":
-        train.encode = whole_encode
-      elif n.startswith("chunk"):
-        train.encode = chunked_encode(whole_encode, int(n.removeprefix("chunk")))
-    yield
-  finally:
-    vae.SubpixelConvTranspose, train.encode, vae.conv_transpose = old_ct, old_encode, old_fn
+    def one(state, key_data, hyper):
+      _, k_latent = step.step_keys(jax.random.wrap_key_data(key_data), k)
+      return step.head_step(config, setup.model, state, feats, vms, k_latent, hyper)
+
+    return jax.vmap(one)(states, group["key"], group["hyper"])
+
+  return run
+
+
+def variant_maps(config, setup: factory.Setup, micro_batch: int | None):
+  """What `vmsjax.inference.predict` computes for a batch of uint8 images, maps(state,
+  enc_params, images) -> (maps, mu), with the trunk over `micro_batch` images at a time."""
+
+  def maps(state, enc_params, image):
+    ident = augment.identity(image.shape[0])
+    resized = augment.warp(image, ident, factory.image_hw(config))
+    feats = pixels.encode(config, setup.encoder, enc_params, resized, micro_batch=micro_batch)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    logits, mu, _ = setup.model.apply(variables, feats, train=False, sample=False)
+    return jax.nn.sigmoid(logits), mu
+
+  return maps
+
+
+class VariantPhases(benchmark.Phases):
+  """`benchmark.Phases` built with a variant's decoder form and trunk micro-batches."""
+
+  def __init__(self, config, batch_per_device: int, variant: Variant):
+    setup = factory.build(config)
+    if variant.form is not None:  # before anything is built from the model
+      setup.model = setup.model.clone(conv_method=variant.form)
+    super().__init__(config, batch_per_device, setup)
+    self.variant = variant
+    self.micro_batch = variant.micro_batch(self.batch)
+
+  def train_fn(self):
+    """The training step: base's is `step.jit_step`'s; a variant's is jitted here alike
+    (`jit_step` keeps one step per config, whatever the model)."""
+    if self.variant.is_base:
+      return super().train_fn()
+    s = self.setup
+    fn = jax.jit(
+      variant_step(self.config, s, self.micro_batch),
+      in_shardings=(s.repl, s.repl, s.split, s.repl),
+      out_shardings=(s.repl, s.repl),
+      donate_argnums=(0,),
+    )
+    states, members = self.group()
+    return fn, (states, s.enc_params, {"image": self.images, "vms": self.vms}, members), True
+
+  def eval_fn(self):
+    """Prediction: inference's function with the variant's model, or `variant_maps`."""
+    if self.micro_batch is None:
+      return super().eval_fn()
+    s = self.setup
+    fn = jax.jit(
+      variant_maps(self.config, s, self.micro_batch),
+      in_shardings=(s.repl, s.repl, s.split),
+      out_shardings=(s.split, s.split),
+    )
+    return fn, (self.fresh_state(), s.enc_params, self.images), False
 
 
 # --------------------------------------------------------------------------- driver
@@ -162,17 +191,18 @@ def decoder_layers(config) -> list[tuple[str, tuple[int, int, int, int], int]]:
   return out
 
 
-def layer_call(ph, layer: str) -> Callable[[], None]:
+def layer_call(ph: benchmark.Phases, layer: str) -> Callable[[], None]:
   """One decoder layer's transposed convolution, forward and both gradients, at the batch.
 
-  The layer is built from `vae.SubpixelConvTranspose` as the variant has it (so "convT"
-  times flax's `nn.ConvTranspose`), without bias, batch norm or the rest of the step.
+  The layer is a `conv_transpose.ConvTranspose` in the form of the phases' model (so
+  "lax" times flax's `nn.ConvTranspose` computation), without bias, batch norm or the
+  rest of the step.
   """
-  from vmsjax.models import vae
-
   (_, shape, c_out), *_ = [x for x in decoder_layers(ph.config) if x[0] == layer]
   k = ph.config.model.kernel
-  conv = vae.SubpixelConvTranspose(c_out, (k, k), strides=(2, 2), padding="SAME", use_bias=False)
+  conv = conv_transpose.ConvTranspose(
+    c_out, (k, k), method=ph.setup.model.conv_method, strides=(2, 2), use_bias=False
+  )
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((ph.batch, *shape[1:]), np.float32))
   kernel = jnp.asarray(rng.standard_normal((k, k, shape[-1], c_out), np.float32) * 0.05)
@@ -190,14 +220,12 @@ def layer_call(ph, layer: str) -> Callable[[], None]:
   return call
 
 
-def part_call(ph, part: str, size: int) -> Callable[[], None]:
+def part_call(ph: benchmark.Phases, part: str, size: int) -> Callable[[], None]:
   """A compiled, warmed-up call that runs one part once on device-resident inputs."""
   if part.startswith("deconv"):
     return layer_call(ph, part)
   if part != "warp":
     return benchmark.phase_call(ph, {"decoder": "head"}.get(part, part))[0]
-  from vmsjax.data import augment
-
   fn = jax.jit(
     lambda k, i, v: augment.augment(k, i, v, (size, size), max_shift=0.1, zoom_range=0.1, flip=True)
   )
@@ -224,18 +252,15 @@ def profile(
     min_seconds}: wall and process CPU seconds per call, the medians over `repeats`
     rounds, and the fastest wall time.
   """
-  train, _ = benchmark.import_train()
   config = benchmark.make_config(size, dtype)
+  parsed = [parse_variant(v) for v in variants]  # every name checked before any work
   calls = []
-  for variant in variants:
-    with patched(variant):  # the patch acts while the step is traced and compiled
-      ph = benchmark.Phases(train, config, batch // jax.device_count())
-      for part in parts:
-        if part == "layers":
-          for name, *_ in decoder_layers(config):
-            calls.append((name, variant, ph.batch, part_call(ph, name, size)))
-        else:
-          calls.append((part, variant, ph.batch, part_call(ph, part, size)))
+  for variant in parsed:
+    ph = VariantPhases(config, batch // jax.device_count(), variant)
+    for part in parts:
+      names = [n for n, *_ in decoder_layers(config)] if part == "layers" else [part]
+      for name in names:
+        calls.append((name, variant.name, ph.batch, part_call(ph, name, size)))
   walls: list[list[float]] = [[] for _ in calls]
   cpus: list[list[float]] = [[] for _ in calls]
   for _ in range(repeats):
@@ -273,26 +298,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     help="warp,encoder,decoder,train,eval; layers (or deconv1..deconv5): each transposed "
     "convolution of the decoder alone, forward and gradients",
   )
-  p.add_argument("--variants", default="convT+whole,base")
+  p.add_argument("--variants", default="lax+whole,base", help="comma-separated (see above)")
   p.add_argument("--size", type=int, default=224)
   p.add_argument("--batch", type=int, default=32, help="global batch")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--dtype", default="float32")
   a = p.parse_args(argv)
+  variants = [x for x in a.variants.split(",") if x]
+  try:
+    for v in variants:
+      parse_variant(v)
+  except ValueError as e:
+    p.error(str(e))
   if argv is None:  # run as a program: may restart it with huge pages (vmsjax/hostmem.py)
-    benchmark.hostmem.reexec_with_huge_pages()
+    hostmem.reexec_with_huge_pages()
   print(
     f"{jax.device_count()} x {jax.devices()[0].device_kind}, batch {a.batch}, {a.size}px, "
-    f"huge pages: {benchmark.hostmem.status()}"
+    f"huge pages: {hostmem.status()}"
   )
-  profile(
-    [x for x in a.parts.split(",") if x],
-    [x for x in a.variants.split(",") if x],
-    a.size,
-    a.batch,
-    a.repeats,
-    a.dtype,
-  )
+  profile([x for x in a.parts.split(",") if x], variants, a.size, a.batch, a.repeats, a.dtype)
   return 0
 
 

@@ -25,10 +25,10 @@ def tiny_config(**overrides):
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory):
   """A data_dir holding the built synthetic dataset (built once per test session)."""
-  from vmsjax.data import pipeline
+  from vmsjax.data import catalogue
 
   d = tmp_path_factory.mktemp("data")
-  pipeline.build("synthetic", str(d))
+  catalogue.build("synthetic", str(d))
   return str(d)
 
 
@@ -44,3 +44,18 @@ def trained_workdir(tmp_path_factory, synthetic_data_dir):
   work = tmp_path_factory.mktemp("trained") / "run"
   train.train_and_evaluate(tiny_config(**{"data.data_dir": synthetic_data_dir}), work)
   return work
+
+
+def restored(workdir, config, step=None):
+  """(host TrainState, meta) of checkpoint `step` (default: the latest) of a workdir."""
+  import jax
+
+  from vmsjax import factory
+  from vmsjax import workdir as workdir_lib
+
+  model, tx = factory.make_model(config), factory.make_optimizer(config.optim.learning_rate)
+  state = factory.init_state(config, model, tx, jax.random.key(config.seed))
+  mngr = workdir_lib.checkpoint_manager(workdir, config)
+  state, meta = workdir_lib.restore(mngr, mngr.latest_step() if step is None else step, state)
+  mngr.close()
+  return jax.device_get(state), meta

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from vmsjax import analysis, cli, figures, inference
-from vmsjax.data import pipeline, schema
+from vmsjax import cli, figures, inference, records
+from vmsjax.data import catalogue, schema
 from vmsjax.errors import VMSError
+from vmsjax.studies import embedding, reference, runners, sources
+from vmsjax.studies import stats as study_stats
 
 
 def _read_csv(path):
@@ -31,7 +33,7 @@ def trained(trained_workdir):
 
 @pytest.fixture(scope="module")
 def test_split(synthetic_data_dir):
-  return pipeline.open_split("synthetic", "test", synthetic_data_dir)
+  return catalogue.open_split("synthetic", "test", synthetic_data_dir)
 
 
 # --- scores and statistics ------------------------------------------------------------
@@ -39,7 +41,7 @@ def test_split(synthetic_data_dir):
 
 def test_map_scores_are_channel_means():
   maps = np.random.default_rng(0).random((3, 5, 7, 2)).astype(np.float32)
-  got = analysis.map_scores(maps)
+  got = study_stats.map_scores(maps)
   assert got.shape == (3, 2)
   np.testing.assert_allclose(got[:, 0], maps[..., 0].reshape(3, -1).mean(1), rtol=1e-6)
   np.testing.assert_allclose(got[:, 1], maps[..., 1].reshape(3, -1).mean(1), rtol=1e-6)
@@ -49,15 +51,15 @@ def test_spearman_matches_scipy_and_is_nan_when_undefined():
   rng = np.random.default_rng(1)
   x = rng.random(25)
   y = x + rng.normal(0, 0.3, 25)
-  got = analysis.spearman(x, y)
+  got = study_stats.spearman(x, y)
   assert (got["rho"], got["p"]) == _scipy(x, y) and got["n"] == 25
-  assert np.isnan(analysis.spearman(x, np.ones(25))["rho"])
-  assert np.isnan(analysis.spearman([1.0, 2.0], [2.0, 1.0])["p"])
+  assert np.isnan(study_stats.spearman(x, np.ones(25))["rho"])
+  assert np.isnan(study_stats.spearman([1.0, 2.0], [2.0, 1.0])["p"])
 
 
 def test_category_means():
   scores = np.array([[0.1, 0.5], [0.3, 0.7], [0.9, 0.2]])
-  rows = analysis.category_means(scores, np.array([2, 2, 4]))
+  rows = study_stats.category_means(scores, np.array([2, 2, 4]))
   assert [(r["category"], r["count"]) for r in rows] == [("small_public", 2), ("work_home", 1)]
   assert rows[0]["memorability"] == pytest.approx(0.2)
   assert rows[0]["false_memorability"] == pytest.approx(0.6)
@@ -66,7 +68,7 @@ def test_category_means():
 def test_concat_source():
   a = [{"id": "a0"}, {"id": "a1"}]
   b = [{"id": "b0"}, {"id": "b1"}, {"id": "b2"}]
-  both = analysis.ConcatSource([a, analysis.SourceView(b, [2, 0])])
+  both = sources.ConcatSource([a, sources.SourceView(b, [2, 0])])
   assert len(both) == 4
   assert [both[i]["id"] for i in range(4)] == ["a0", "a1", "b2", "b0"]
   assert both.ids() == ("a0", "a1", "b2", "b0")
@@ -76,23 +78,23 @@ def test_concat_source():
 
 def test_subset_is_seeded_and_sorted_by_id():
   ids = [f"img{k:03d}" for k in np.random.default_rng(0).permutation(200)]
-  a = analysis.subset_indices(ids, 50, seed=7)
+  a = sources.subset_indices(ids, 50, seed=7)
   assert len(set(a)) == 50
-  assert a.tolist() == analysis.subset_indices(ids, 50, seed=7).tolist()
-  assert a.tolist() != analysis.subset_indices(ids, 50, seed=8).tolist()
+  assert a.tolist() == sources.subset_indices(ids, 50, seed=7).tolist()
+  assert a.tolist() != sources.subset_indices(ids, 50, seed=8).tolist()
   picked = [ids[i] for i in a]
   assert picked == sorted(picked)
   # Independent of the record order: the same ids whatever order they are stored in.
   shuffled = sorted(ids)
-  b = analysis.subset_indices(shuffled, 50, seed=7)
+  b = sources.subset_indices(shuffled, 50, seed=7)
   assert sorted(shuffled[i] for i in b) == sorted(picked)
-  assert len(analysis.subset_indices(ids, 1000, seed=0)) == 200
+  assert len(sources.subset_indices(ids, 1000, seed=0)) == 200
 
 
 def test_pca_matches_covariance_eigenvectors():
   rng = np.random.default_rng(2)
   x = rng.normal(size=(60, 6)) @ rng.normal(size=(6, 6)) + 3.0
-  coords, ratio = analysis.pca(x, 2)
+  coords, ratio = embedding.pca(x, 2)
   centred = x - x.mean(0)
   evals, evecs = np.linalg.eigh(np.cov(centred, rowvar=False))
   top = evecs[:, ::-1][:, :2]  # (6, 2), largest eigenvalues first
@@ -109,11 +111,11 @@ def test_pca_matches_covariance_eigenvectors():
 def test_read_scores_csv_formats(tmp_path):
   p = tmp_path / "a.csv"
   p.write_text("a.jpg,0.5\n\n# comment\nb.jpg, 0.25\n")
-  assert analysis.read_scores_csv(p) == {"a.jpg": 0.5, "b.jpg": 0.25}
+  assert reference.read_scores_csv(p) == {"a.jpg": 0.5, "b.jpg": 0.25}
   p.write_text("id,path,memorability,false_memorability\nx,p/x,0.1,0.9\ny,p/y,0.3,0.2\n")
-  assert analysis.read_scores_csv(p, "false_memorability") == {"x": 0.9, "y": 0.2}
+  assert reference.read_scores_csv(p, "false_memorability") == {"x": 0.9, "y": 0.2}
   p.write_text("image,amnet\nx,0.7\n")
-  assert analysis.read_scores_csv(p) == {"x": 0.7}
+  assert reference.read_scores_csv(p) == {"x": 0.7}
 
 
 @pytest.mark.parametrize(
@@ -131,7 +133,7 @@ def test_read_scores_csv_errors_name_the_line(tmp_path, text, needle):
   p = tmp_path / "bad.csv"
   p.write_text(text)
   with pytest.raises(VMSError, match="bad.csv") as e:
-    analysis.read_scores_csv(p)
+    reference.read_scores_csv(p)
   assert needle in str(e.value)
 
 
@@ -148,7 +150,7 @@ def test_latent_study_cli(trained_workdir, trained, test_split, tmp_path):
   assert "Spearman" in stdout.getvalue()
   rows = _read_csv(out / "latent.csv")
   ids = [r["id"] for r in rows]
-  expected = [test_split.ids()[i] for i in analysis.subset_indices(test_split.ids(), 48, 3)]
+  expected = [test_split.ids()[i] for i in sources.subset_indices(test_split.ids(), 48, 3)]
   assert ids == expected and len(set(ids)) == 48
   xy = np.array([[float(r["x"]), float(r["y"])] for r in rows])
   assert np.isfinite(xy).all()
@@ -180,19 +182,19 @@ def test_latent_study_cli(trained_workdir, trained, test_split, tmp_path):
 
 def test_latent_unknown_method_is_an_error(trained, test_split, tmp_path):
   with pytest.raises(VMSError, match="--method"):
-    analysis.run_latent(trained, test_split, tmp_path, method="isomap")
+    runners.run_latent(trained, test_split, tmp_path, method="isomap")
 
 
 def test_category_study(trained, test_split, synthetic_data_dir, tmp_path):
-  train = pipeline.open_split("synthetic", "train", synthetic_data_dir)
+  train = catalogue.open_split("synthetic", "train", synthetic_data_dir)
   # Ground truth from two splits read as one (as `--truth synthetic:train+test` does).
-  truth_view = analysis.ConcatSource(
-    [analysis.SourceView(train, range(0, len(train), 5)), analysis.SourceView(test_split, range(5))]
+  truth_view = sources.ConcatSource(
+    [sources.SourceView(train, range(0, len(train), 5)), sources.SourceView(test_split, range(5))]
   )  # 128 + 5 records
-  pred_view = analysis.SourceView(test_split, range(0, len(test_split), 3))  # 54 of 160
-  report = analysis.run_categories(trained, pred_view, truth_view, tmp_path, log=lambda s: None)
+  pred_view = sources.SourceView(test_split, range(0, len(test_split), 3))  # 54 of 160
+  report = runners.run_categories(trained, pred_view, truth_view, tmp_path, log=lambda s: None)
   on_disk = json.loads((tmp_path / "categories.json").read_text())
-  assert on_disk["spearman"] == analysis.jsonable(report["spearman"])
+  assert on_disk["spearman"] == records.json_safe(report["spearman"])
 
   # Counts from the records themselves.
   pred_counts = np.bincount([pred_view[i]["category"] for i in range(len(pred_view))], minlength=8)
@@ -210,7 +212,7 @@ def test_category_study(trained, test_split, synthetic_data_dir, tmp_path):
     assert float(rows[c]["truth_memorability"]) == pytest.approx(expected, rel=1e-9), name
 
   both = [r for r in rows if int(r["predict_count"]) and int(r["truth_count"])]
-  for key in analysis.SCORES:
+  for key in study_stats.SCORES:
     rho, p = _scipy(
       [float(r[f"predict_{key}"]) for r in both], [float(r[f"truth_{key}"]) for r in both]
     )
@@ -220,6 +222,10 @@ def test_category_study(trained, test_split, synthetic_data_dir, tmp_path):
   images = _read_csv(tmp_path / "categories_images.csv")
   assert sum(r["set"] == "predict" for r in images) == len(pred_view)
   assert (tmp_path / "categories.png").is_file()
+  from PIL import Image
+
+  with Image.open(tmp_path / "categories.png") as im:  # two panels side by side
+    assert im.size == figures.panel_size(1, 2)
   assert "| kitchen |" in (tmp_path / "categories.md").read_text()
 
 
@@ -232,7 +238,7 @@ def test_score_study_on_scored_records(test_split, tmp_path):
     # A score that follows the true map's mean, plus noise: the study must find it.
     r["score"] = float(r["vms"][..., 0].mean() + rng.normal(0, 0.003))
     records.append(r)
-  report = analysis.run_scores(None, records, tmp_path, maps="truth", subset=40, seed=1)
+  report = runners.run_scores(None, records, tmp_path, maps="truth", subset=40, seed=1)
   rows = _read_csv(tmp_path / "scores.csv")
   assert len(rows) == 40 == report["images"]
   by_id = {r["id"]: r for r in records}
@@ -255,11 +261,11 @@ def test_score_study_on_scored_records(test_split, tmp_path):
 
 def test_score_study_without_scores_is_an_error(test_split, tmp_path):
   with pytest.raises(VMSError, match="no `score` feature"):
-    analysis.run_scores(None, test_split, tmp_path, maps="truth")
+    runners.run_scores(None, test_split, tmp_path, maps="truth")
 
 
 def test_score_study_external_csv(trained, test_split, tmp_path):
-  view = analysis.SourceView(test_split, range(40))
+  view = sources.SourceView(test_split, range(40))
   ids = sorted(view.ids())
   scored = ids[::2]  # half the images have an external score
   rng = np.random.default_rng(5)
@@ -267,7 +273,7 @@ def test_score_study_external_csv(trained, test_split, tmp_path):
   lines = ["id,score"] + [f"{k},{rng.random():.6f}" for k in scored] + ["elsewhere.jpg,0.4"]
   path.write_text("\n".join(lines) + "\n")
   warnings = []
-  report = analysis.run_scores(
+  report = runners.run_scores(
     trained, view, tmp_path / "out", scores_csv=path, warn=warnings.append, log=lambda s: None
   )
   assert report["images"] == len(scored)
@@ -277,7 +283,7 @@ def test_score_study_external_csv(trained, test_split, tmp_path):
   assert any("have no score" in w for w in warnings)
   rows = _read_csv(tmp_path / "out" / "scores.csv")
   assert [r["id"] for r in rows] == scored
-  external = analysis.read_scores_csv(path)
+  external = reference.read_scores_csv(path)
   fmem = [float(r["false_memorability"]) for r in rows]
   rho, p = _scipy(fmem, [external[r["id"]] for r in rows])
   got = json.loads((tmp_path / "out" / "scores.json").read_text())["spearman"]

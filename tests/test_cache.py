@@ -2,7 +2,7 @@
 
 Building a cache costs K encoder passes over the whole training split, so the tests
 that go through `train_and_evaluate` train on the first 24 records of the synthetic
-split (`pipeline.open_split` patched to a subset) with K = 2.
+split (`catalogue.open_split` patched to a subset) with K = 2.
 """
 
 import json
@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import tiny_config
-from vmsjax import cache, config, train
-from vmsjax.data import augment, pipeline
+from vmsjax import cache, config, factory, pixels, train
+from vmsjax import step as step_lib
+from vmsjax.data import augment, catalogue, pipeline
 from vmsjax.errors import VMSError
 
 SUBSET = 24
@@ -49,13 +50,13 @@ def _cfg(data_dir, cache_dir, **overrides):
 @pytest.fixture
 def small_train(monkeypatch, synthetic_data_dir):
   """Makes training read only the first SUBSET training records."""
-  real = pipeline.open_split
+  real = catalogue.open_split
 
   def open_split(name, split, data_dir):
     src = real(name, split, data_dir)
     return _Subset(src, SUBSET) if split == "train" else src
 
-  monkeypatch.setattr(pipeline, "open_split", open_split)
+  monkeypatch.setattr(catalogue, "open_split", open_split)
   return _Subset(real("synthetic", "train", synthetic_data_dir), SUBSET)
 
 
@@ -63,8 +64,8 @@ def small_train(monkeypatch, synthetic_data_dir):
 def built(tmp_path_factory, synthetic_data_dir):
   """A cache of 12 training records x 3 views at 32x32 (float32)."""
   c = _cfg(synthetic_data_dir, tmp_path_factory.mktemp("fc"), **{"features.views": 3})
-  source = _Subset(pipeline.open_split("synthetic", "train", synthetic_data_dir), 12)
-  enc = train.encoder_params(c)
+  source = _Subset(catalogue.open_split("synthetic", "train", synthetic_data_dir), 12)
+  enc = factory.encoder_params(c)
   fc = cache.open_or_build(c, source, "test-fingerprint", enc)
   return c, source, enc, fc
 
@@ -100,9 +101,9 @@ def test_key_covers_what_changes_features_and_only_that():
   assert cache.cache_key(cache.key_fields(c, "fp2", "enc")) != key
   assert cache.cache_key(cache.key_fields(c, "fp", "enc2")) != key
   # The random trunk's digest changes with data.seed, which draws it.
-  d0 = cache.encoder_digest(train.encoder_params(c))
-  assert d0 == cache.encoder_digest(train.encoder_params(tiny_config(seed=5)))
-  assert d0 != cache.encoder_digest(train.encoder_params(tiny_config(**{"data.seed": 1})))
+  d0 = cache.encoder_digest(factory.encoder_params(c))
+  assert d0 == cache.encoder_digest(factory.encoder_params(tiny_config(seed=5)))
+  assert d0 != cache.encoder_digest(factory.encoder_params(tiny_config(**{"data.seed": 1})))
 
 
 # --------------------------------------------------------------------------- content
@@ -116,11 +117,11 @@ def test_cached_features_are_the_encoder_on_the_warped_image(built):
   assert np.abs(fc.draw[..., augment.SHIFT_X]).max() > 0.02
   assert np.abs(fc.draw[..., augment.ZOOM] - 1).max() > 0.02
   assert 0 < fc.draw[..., augment.FLIP].sum() < fc.draw[..., augment.FLIP].size
-  encoder = train.make_encoder(c)
+  encoder = factory.make_encoder(c)
   for ex, view in [(0, 0), (5, 2), (11, 1)]:
     image = source[ex]["image"][None]  # (1, 224, 224, 3)
-    warped = augment.warp(image, fc.draw[ex, view][None], train.image_hw(c))
-    want = np.asarray(train.encode(c, encoder, enc, warped))[0]
+    warped = augment.warp(image, fc.draw[ex, view][None], factory.image_hw(c))
+    want = np.asarray(pixels.encode(c, encoder, enc, warped))[0]
     np.testing.assert_allclose(fc.feats[ex, view], want, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(fc.vms[ex], source[ex]["vms"])
   # Different views of one image give different features.
@@ -148,29 +149,30 @@ def test_batch_order_matches_train_batches():
 
 def test_step_warps_the_map_with_the_stored_draw(built):
   c, source, enc, fc = built
-  model, tx = train.make_model(c), train.make_optimizer(c)
-  mesh = train.data_mesh()
-  repl, split = train.shardings(mesh)
+  cm = _cfg(c.data.data_dir, c.features.cache_dir, **{"features.cache": "memory"})
+  setup = factory.build(cm)
   root = jax.random.key(c.seed)
   rows = np.asarray([[0, 0], [3, 1], [5, 2], [7, 0], [8, 1], [9, 2], [10, 0], [11, 2]], np.int32)
   ex, view = rows[:, 0], rows[:, 1]
-  state0 = jax.device_get(train.init_state(c, model, tx, root))  # host: the step donates
+  state0 = jax.device_get(setup.init(c.seed))  # host: the step donates
 
   # Reference: the head step on the stored features and the map warped by hand.
   raw = np.stack([source[i]["vms"] for i in ex])
-  _, k_latent = train.step_keys(root, state0.step)
-  hyper = train.default_hyper(c, state0.step)
+  _, k_latent = step_lib.step_keys(root, state0.step)
+  hyper = step_lib.hyperparams(c)
   feats = np.asarray(fc.feats[ex, view])
-  ref = jax.jit(lambda s, v: train.head_step(c, model, tx, s, feats, v, k_latent, hyper)[1])
+  ref = jax.jit(lambda s, v: step_lib.head_step(c, setup.model, s, feats, v, k_latent, hyper)[1])
   want = ref(state0, augment.warp(raw, fc.draw[ex, view], (32, 32)))
   wrong = ref(state0, augment.warp(raw, fc.draw[ex, (view + 1) % 3], (32, 32)))
 
   # The cached step, memory mode: it gathers the rows and warps the maps itself. (Disk
   # mode feeds the same rows from the host; the resume test shows both give the same bits.)
-  cm = _cfg(c.data.data_dir, c.features.cache_dir, **{"features.cache": "memory"})
-  batch = train.device_batch({"index": rows}, split, keys=cache.batch_keys(cm))
-  step = cache.jit_step(cm, model, tx, mesh)
-  _, got = step(jax.device_put(state0, repl), cache.device_table(fc, cm, repl), batch, root)
+  batch = factory.device_batch({"index": rows}, setup.split, keys=cache.batch_keys(cm))
+  step = step_lib.jit_step(cm, setup, 1)
+  states = jax.device_put(jax.tree.map(lambda x: x[None], state0), setup.repl)
+  group = jax.device_put(step_lib.members([cm]), setup.repl)
+  _, got = step(states, cache.device_table(fc, cm, setup.repl), batch, group)
+  got = {k: v[0] for k, v in got.items()}
   for name in want:
     np.testing.assert_allclose(float(got[name]), float(want[name]), rtol=1e-5, err_msg=name)
   # A map warped with another view's draw gives another loss: the check can fail.
@@ -213,8 +215,8 @@ def test_damaged_cache_file_is_named(built, tmp_path, file, damage):
 
 def test_interrupted_build_leaves_nothing_trusted(tmp_path, synthetic_data_dir, monkeypatch):
   c = _cfg(synthetic_data_dir, tmp_path / "fc", **{"features.views": 1})
-  source = _Subset(pipeline.open_split("synthetic", "train", synthetic_data_dir), 40)
-  enc = train.encoder_params(c)
+  source = _Subset(catalogue.open_split("synthetic", "train", synthetic_data_dir), 40)
+  enc = factory.encoder_params(c)
   real = cache._encode_views_fn
   calls = []
 
@@ -252,7 +254,7 @@ def test_runs_share_the_cache_and_resume_bit_identical(
   """A: disk cache, 12 steps straight (builds the cache). B: memory cache, 8 steps, then
   resumed to 12 (finds the cache). B ends bit-identical to A, and the loss fell."""
   builds, traces = [], []
-  real_build, real_encode = cache.build, train.encode
+  real_build, real_encode = cache.build, pixels.encode
 
   def counting_build(*args, **kwargs):
     builds.append(1)
@@ -263,7 +265,7 @@ def test_runs_share_the_cache_and_resume_bit_identical(
     return real_encode(*args, **kwargs)
 
   monkeypatch.setattr(cache, "build", counting_build)
-  monkeypatch.setattr(train, "encode", counting_encode)
+  monkeypatch.setattr(pixels, "encode", counting_encode)
   fc_dir = tmp_path / "fc"
 
   def cfg(epochs, mode):
@@ -295,17 +297,17 @@ def test_runs_share_the_cache_and_resume_bit_identical(
 
 def test_bfloat16_cache_stores_the_trunk_output(tmp_path, synthetic_data_dir):
   c = _cfg(synthetic_data_dir, tmp_path / "fc", **{"features.views": 1, "model.dtype": "bfloat16"})
-  source = _Subset(pipeline.open_split("synthetic", "train", synthetic_data_dir), 8)
-  enc = train.encoder_params(c)
+  source = _Subset(catalogue.open_split("synthetic", "train", synthetic_data_dir), 8)
+  enc = factory.encoder_params(c)
   fc = cache.open_or_build(c, source, "fp", enc)
   assert str(fc.feats.dtype) == "bfloat16"
   assert json.loads((fc.path / "meta.json").read_text())["arrays"]["feats"]["dtype"] == "bfloat16"
   assert os.path.getsize(fc.path / "feats.npy") < 8 * 512 * 4  # two bytes a value
   # The uncached step's path under bfloat16. Not bit-equal: a jitted, sharded trunk fuses
   # and rounds bfloat16 differently from this eager one, so compare by relative error.
-  encoder = train.make_encoder(c)
+  encoder = factory.make_encoder(c)
   warped = augment.warp(np.stack([source[i]["image"] for i in range(8)]), fc.draw[:, 0], (32, 32))
-  want = np.asarray(train.encode(c, encoder, enc, warped))  # float32 holding bf16 values
+  want = np.asarray(pixels.encode(c, encoder, enc, warped))  # float32 holding bf16 values
   got = np.asarray(fc.feats[:, 0]).astype(np.float32)
   assert np.linalg.norm(got - want) < 1e-2 * np.linalg.norm(want)
   # Reopening gives the same bits (bfloat16 goes through the .npy file as uint16).

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from vmsjax.data import pipeline, schema, synthetic
+from vmsjax.data import catalogue, pipeline, schema, synthetic
 from vmsjax.errors import VMSError
 
 
@@ -31,7 +31,7 @@ def data_dir(request, tmp_path_factory) -> str:
     return request.getfixturevalue("synthetic_data_dir")
   except pytest.FixtureLookupError:
     path = str(tmp_path_factory.mktemp("tfds"))
-    pipeline.build("synthetic", path)
+    catalogue.build("synthetic", path)
     return path
 
 
@@ -168,9 +168,9 @@ def test_a_fixed_map_cannot_explain_the_true_maps(examples):
 
 
 def test_build_counts_and_ids(data_dir):
-  assert pipeline.is_built("synthetic", data_dir)
+  assert catalogue.is_built("synthetic", data_dir)
   for split, size in (("train", 640), ("test", 160)):
-    source = pipeline.open_split("synthetic", split, data_dir)
+    source = catalogue.open_split("synthetic", split, data_dir)
     assert pipeline.num_examples(source) == size
     ids = source.ids()
     assert sorted(ids) == [f"synthetic_{split}_{i:04d}.png" for i in range(size)]
@@ -179,7 +179,7 @@ def test_build_counts_and_ids(data_dir):
 
 
 def test_read_back_equals_render(data_dir):
-  source = pipeline.open_split("synthetic", "test", data_dir)
+  source = catalogue.open_split("synthetic", "test", data_dir)
   for position in (0, 1, 77, 159):
     record = source[position]
     assert set(record) == {"image", "vms", "category", "category_mid", "category_top", "id"}
@@ -194,32 +194,32 @@ def test_read_back_equals_render(data_dir):
 
 def test_open_split_errors(data_dir, tmp_path):
   empty = str(tmp_path / "nothing_here")
-  assert not pipeline.is_built("synthetic", empty)
+  assert not catalogue.is_built("synthetic", empty)
   with pytest.raises(VMSError) as info:
-    pipeline.open_split("synthetic", "train", empty)
+    catalogue.open_split("synthetic", "train", empty)
   message = str(info.value)
   assert empty in message and "vmsjax data build synthetic --data_dir" in message
   assert "\n" not in message
   with pytest.raises(VMSError, match="train, test"):
-    pipeline.open_split("synthetic", "validation", data_dir)
+    catalogue.open_split("synthetic", "validation", data_dir)
   for call in (
-    lambda: pipeline.open_split("nope", "train", data_dir),
-    lambda: pipeline.build("nope", data_dir),
-    lambda: pipeline.is_built("nope", data_dir),
+    lambda: catalogue.open_split("nope", "train", data_dir),
+    lambda: catalogue.build("nope", data_dir),
+    lambda: catalogue.is_built("nope", data_dir),
   ):
     with pytest.raises(VMSError, match="synthetic"):
       call()
 
 
 def test_dataset_record(data_dir):
-  record = pipeline.dataset_record("synthetic", data_dir)
+  record = catalogue.dataset_record("synthetic", data_dir)
   assert json.loads(json.dumps(record)) == record
   assert record["builder"] == "vms_synthetic"
   assert record["version"] == "1.0.0" and record["config"] == "seed0"
   assert record["num_examples"] == {"train": 640, "test": 160}
   assert re.fullmatch(r"[0-9a-f]{64}", record["fingerprint"])
-  assert pipeline.dataset_record("synthetic", data_dir)["fingerprint"] == record["fingerprint"]
-  text = pipeline.describe("synthetic", data_dir)
+  assert catalogue.dataset_record("synthetic", data_dir)["fingerprint"] == record["fingerprint"]
+  text = catalogue.describe("synthetic", data_dir)
   assert "train: 640 examples" in text and record["fingerprint"] in text
 
 
@@ -227,7 +227,7 @@ def test_dataset_record(data_dir):
 
 
 def test_train_batches_real_source_one_epoch(data_dir):
-  source = pipeline.open_split("synthetic", "train", data_dir)
+  source = catalogue.open_split("synthetic", "train", data_dir)
   stream = pipeline.train_batches(source, batch_size=32, seed=0)
   seen = []
   for _ in range(20):
@@ -292,7 +292,7 @@ def test_train_batches_argument_errors():
 
 
 def test_eval_batches_cover_the_split_once_in_id_order(data_dir):
-  source = pipeline.open_split("synthetic", "test", data_dir)
+  source = catalogue.open_split("synthetic", "test", data_dir)
   batches = list(pipeline.eval_batches(source, batch_size=50))
   assert [len(b["id"]) for b in batches] == [50, 50, 50, 10]
   assert [b["image"].shape[0] for b in batches] == [50, 50, 50, 10]

@@ -11,7 +11,7 @@ from PIL import Image
 
 from tests.test_data_folders import make_vischema, write_png
 from vmsjax import cli
-from vmsjax.data import pipeline
+from vmsjax.data import catalogue
 from vmsjax.errors import VMSError
 
 SIZE = (32, 32)
@@ -79,9 +79,9 @@ def bad_builds(tmp_path_factory):
   expected = make_vischema(manual, per_category=3, shape=SIZE)
   kinds = _add_bad_files(manual)
   with pytest.raises(VMSError) as failure:
-    pipeline.build("vischema", str(base / "fail"), manual_dir=str(manual))
-  failed_builder = pipeline._builder("vischema", str(base / "fail"))
-  report = pipeline.build(
+    catalogue.build("vischema", str(base / "fail"), manual_dir=str(manual))
+  failed_builder = catalogue._builder("vischema", str(base / "fail"))
+  report = catalogue.build(
     "vischema", str(base / "skip"), manual_dir=str(manual), skip_bad_files=True
   )
   return expected, kinds, str(failure.value), failed_builder, report, base
@@ -136,11 +136,11 @@ def test_skip_build_counts_add_up(bad_builds, capsys):
   assert sum(report["written"].values()) == len(expected)
   written = set()
   for split in ("train", "test"):
-    source = pipeline.open_split("vischema", split, str(base / "skip"))
+    source = catalogue.open_split("vischema", split, str(base / "skip"))
     written |= set(source.ids())
   assert written == set(expected)
   assert cli.main(["data", "info", "vischema", "--data_dir", str(base / "skip")]) == 0
-  printed = pipeline.format_report(pipeline.build_report("vischema", str(base / "skip")))
+  printed = catalogue.format_report(catalogue.build_report("vischema", str(base / "skip")))
   assert f"skipped {BAD_IMAGES} images" in printed and "orphan.png" in printed
 
 
@@ -160,7 +160,7 @@ def test_maps_over_255_are_bad(tmp_path):
   make_vischema(tmp_path / "m", map_format="npy", per_category=2, shape=SIZE)
   np.save(tmp_path / "m" / "maps" / "kitc0_00.npy", np.full((*SIZE, 2), 300.0))
   with pytest.raises(VMSError, match=r"kitc0_00.npy: values up to 300"):
-    pipeline.build("vischema", str(tmp_path / "d"), manual_dir=str(tmp_path / "m"))
+    catalogue.build("vischema", str(tmp_path / "d"), manual_dir=str(tmp_path / "m"))
 
 
 def test_split_with_no_readable_image_is_an_error_even_when_skipping(tmp_path):
@@ -171,4 +171,4 @@ def test_split_with_no_readable_image_is_an_error_even_when_skipping(tmp_path):
   with pytest.raises(
     VMSError, match=r"no usable image under .*: images/Kitchen/a.jpg: not an image .*b.jpg"
   ):
-    pipeline.build("vischema2", str(tmp_path / "d"), str(tmp_path / "m"), skip_bad_files=True)
+    catalogue.build("vischema2", str(tmp_path / "d"), str(tmp_path / "m"), skip_bad_files=True)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vmsjax.data import schema, vischema
+from vmsjax.data import manual, schema, vischema_layout, vischema_maps
 from vmsjax.data.images import BadFiles
 from vmsjax.errors import VMSError
 
@@ -155,23 +155,23 @@ def make_lamem(root: Path, sizes=(6, 2, 3), indices=(1, 2), seed=0) -> dict[str,
   ],
 )
 def test_match_category_forgiving(name, leaf):
-  assert vischema.match_category(name) == leaf
+  assert vischema_layout.match_category(name) == leaf
 
 
 @pytest.mark.parametrize("name", ["office", "beach", "", "kitchenette"])
 def test_match_category_unknown(name):
-  assert vischema.match_category(name) is None
+  assert vischema_layout.match_category(name) is None
 
 
 def test_stratified_split_counts_determinism_and_order_independence():
   categories = {f"{leaf}_{k:03d}.jpg": leaf for leaf in schema.LEAVES for k in range(100)}
-  split = vischema.stratified_split(categories, 0.2, seed=0)
+  split = vischema_layout.stratified_split(categories, 0.2, seed=0)
   assert collections.Counter(split.values()) == {"train": 640, "test": 160}
   per_leaf = collections.Counter(categories[i] for i, s in split.items() if s == "test")
   assert set(per_leaf.values()) == {20}
   shuffled = dict(reversed(list(categories.items())))
-  assert vischema.stratified_split(shuffled, 0.2, seed=0) == split
-  other = vischema.stratified_split(categories, 0.2, seed=1)
+  assert vischema_layout.stratified_split(shuffled, 0.2, seed=0) == split
+  other = vischema_layout.stratified_split(categories, 0.2, seed=1)
   assert other != split and collections.Counter(other.values())["test"] == 160
 
 
@@ -180,7 +180,7 @@ def test_stratified_split_uneven_categories_hits_total():
   categories = {
     f"{leaf}{k}": leaf for leaf, n in zip(schema.LEAVES, sizes, strict=True) for k in range(n)
   }
-  split = vischema.stratified_split(categories, 0.2, seed=3)
+  split = vischema_layout.stratified_split(categories, 0.2, seed=3)
   assert sum(s == "test" for s in split.values()) == 10
   for leaf, n in zip(schema.LEAVES, sizes, strict=True):
     test = sum(1 for i, s in split.items() if s == "test" and categories[i] == leaf)
@@ -193,7 +193,7 @@ def test_scan_folders_csv_and_split_files(tmp_path):
   )
   (tmp_path / "images" / "Thumbs.db").write_bytes(b"x")
   bad = BadFiles(tmp_path, skip=False)
-  layout = vischema.scan(tmp_path, with_maps=True, with_splits=True, bad=bad)
+  layout = vischema_layout.scan(tmp_path, with_maps=True, with_splits=True, bad=bad)
   assert not len(bad) and layout.split_source == "split files" and layout.category_source == "csv"
   assert {i: (it.category, it.split) for i, it in layout.items.items()} == {
     i: (e["category"], e["split"]) for i, e in expected.items()
@@ -206,13 +206,13 @@ def test_scan_layout_errors(tmp_path):
   make_vischema(tmp_path, per_category=1, shape=(8, 8), split="files")
   (tmp_path / "test.txt").unlink()
   with pytest.raises(VMSError, match="train.txt found without its partner"):
-    vischema.scan(tmp_path, True, True, BadFiles(tmp_path, False))
+    vischema_layout.scan(tmp_path, True, True, BadFiles(tmp_path, False))
   with pytest.raises(VMSError, match="no images/ folder"):
-    vischema.find_root(tmp_path / "nowhere", "vischema")
-  assert vischema.find_root(tmp_path, "vischema") == tmp_path
+    manual.find_root(tmp_path / "nowhere", "vischema")
+  assert manual.find_root(tmp_path, "vischema") == tmp_path
   (tmp_path / "categories.csv").write_text("file,colour\na.png,red\n")
   with pytest.raises(VMSError, match="categories.csv line 1"):
-    vischema.scan(tmp_path, True, False, BadFiles(tmp_path, False))
+    vischema_layout.scan(tmp_path, True, False, BadFiles(tmp_path, False))
 
 
 def test_matlab_v73_maps_read_through_h5py(tmp_path):
@@ -228,7 +228,9 @@ def test_matlab_v73_maps_read_through_h5py(tmp_path):
     f.write(header.ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02" + b"IM")
   with pytest.raises(NotImplementedError):
     scipy.io.loadmat(path)  # so the h5py path is the one exercised
-  raw = vischema.read_raw_map(vischema.Item("a.png", tmp_path / "a.png", map_files=[path]))
+  raw = vischema_maps.read_raw_map(
+    vischema_layout.Item("a.png", tmp_path / "a.png", map_files=[path])
+  )
   np.testing.assert_array_equal(raw.values, vms)
   assert raw.kind == "mat" and raw.divisor is None
 
@@ -240,13 +242,16 @@ def test_numeric_map_variants(tmp_path):
   np.save(tmp_path / "chw.npy", np.stack([true, false]))  # (2, H, W) is transposed
   np.save(tmp_path / "u8.npy", np.full((4, 6, 2), 255, np.uint8))
   np.savez(tmp_path / "wrong.npz", foo=true, bar=false)
-  item = vischema.Item("x.png", tmp_path / "x.png")
+  item = vischema_layout.Item("x.png", tmp_path / "x.png")
   for name in ("split.npz", "chw.npy"):
     item.map_files = [tmp_path / name]
-    np.testing.assert_array_equal(vischema.read_raw_map(item).values[..., 1], false)
+    np.testing.assert_array_equal(vischema_maps.read_raw_map(item).values[..., 1], false)
   item.map_files = [tmp_path / "u8.npy"]
-  assert vischema.read_raw_map(item).divisor == 255.0  # uint8 arrays are on the 0-255 scale
+  assert vischema_maps.read_raw_map(item).divisor == 255.0  # uint8 arrays are on the 0-255 scale
   item.map_files = [tmp_path / "wrong.npz"]
   with pytest.raises(ValueError, match=r"variables \['bar', 'foo'\]"):
-    vischema.read_raw_map(item)
-  assert vischema.numeric_divisor([0.2, 1.0]) == 1.0 and vischema.numeric_divisor([3.0]) == 255.0
+    vischema_maps.read_raw_map(item)
+  assert (
+    vischema_maps.numeric_divisor([0.2, 1.0]) == 1.0
+    and vischema_maps.numeric_divisor([3.0]) == 255.0
+  )

@@ -7,12 +7,12 @@ import pytest
 from PIL import Image
 
 from tests.test_data_folders import make_lamem
-from vmsjax.data import lamem, pipeline
+from vmsjax.data import catalogue, lamem, pipeline
 from vmsjax.errors import VMSError
 
 
 def _records(name, split, data_dir):
-  source = pipeline.open_split(name, split, str(data_dir))
+  source = catalogue.open_split(name, split, str(data_dir))
   return {r["id"]: r for r in (source[i] for i in range(len(source)))}
 
 
@@ -64,7 +64,7 @@ def test_draw_subset_is_seeded_and_sorted_first():
 def test_split_config_builds_scores_and_images(tmp_path):
   manual = tmp_path / "manual" / "lamem"
   scores = make_lamem(manual)
-  report = pipeline.build("lamem/split2", str(tmp_path / "d"), manual_dir=str(tmp_path / "manual"))
+  report = catalogue.build("lamem/split2", str(tmp_path / "d"), manual_dir=str(tmp_path / "manual"))
   assert report["written"] == {"train": 6, "val": 2, "test": 3}
   assert report["images_on_disk"] == 13 and report["images_listed"] == 11
   for split in ("train", "val", "test"):
@@ -77,11 +77,11 @@ def test_split_config_builds_scores_and_images(tmp_path):
       with Image.open(manual / "images" / name) as im:  # 32x40 -> squashed to 224x224
         reference = np.asarray(im.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR))
       np.testing.assert_array_equal(record["image"], reference)
-  source = pipeline.open_split("lamem/split2", "train", str(tmp_path / "d"))
+  source = catalogue.open_split("lamem/split2", "train", str(tmp_path / "d"))
   batch = next(pipeline.train_batches(source, batch_size=2, seed=0))
   assert batch["score"].dtype == np.float32 and "category" not in batch
-  assert pipeline.category_counts("lamem/split2", str(tmp_path / "d")) is None
-  assert "train: 6 examples" in pipeline.describe("lamem/split2", str(tmp_path / "d"))
+  assert catalogue.category_counts("lamem/split2", str(tmp_path / "d")) is None
+  assert "train: 6 examples" in catalogue.describe("lamem/split2", str(tmp_path / "d"))
 
 
 def test_subset_config(tmp_path):
@@ -111,12 +111,12 @@ def test_missing_and_corrupt_images(tmp_path):
   (manual / "images" / missing).unlink()
   (manual / "images" / corrupt).write_bytes(b"\xff\xd8\xff\xe0 truncated")
   with pytest.raises(VMSError) as e:
-    pipeline.build("lamem", str(tmp_path / "fail"), manual_dir=str(tmp_path))
+    catalogue.build("lamem", str(tmp_path / "fail"), manual_dir=str(tmp_path))
   message = str(e.value)
   assert message.startswith("2 bad file(s)")
   assert f"images/{missing}: listed at splits/train_1.txt:1 but there is no such image" in message
   assert f"images/{corrupt}" in message and "corrupt or truncated" in message
-  report = pipeline.build(
+  report = catalogue.build(
     "lamem", str(tmp_path / "skip"), manual_dir=str(tmp_path), skip_bad_files=True
   )
   assert report["found_images"] == 11 and report["skipped_images"] == 2

@@ -10,12 +10,12 @@ from PIL import Image
 
 from tests.test_data_folders import make_vischema
 from vmsjax import cli
-from vmsjax.data import pipeline, schema
+from vmsjax.data import catalogue, pipeline, schema
 from vmsjax.errors import VMSError
 
 
 def _records(name, split, data_dir):
-  source = pipeline.open_split(name, split, str(data_dir))
+  source = catalogue.open_split(name, split, str(data_dir))
   return {r["id"]: r for r in (source[i] for i in range(len(source)))}
 
 
@@ -47,7 +47,7 @@ def folders_build(tmp_path_factory):
   base = tmp_path_factory.mktemp("vischema")
   expected = make_vischema(base / "manual" / "vischema", per_category=3)
   data_dir = base / "data"
-  report = pipeline.build("vischema", str(data_dir), manual_dir=str(base / "manual"))
+  report = catalogue.build("vischema", str(data_dir), manual_dir=str(base / "manual"))
   return expected, data_dir, report
 
 
@@ -74,7 +74,7 @@ def test_folders_rgb_maps_bit_exact(folders_build):
 
 def test_drawn_split_recorded_in_metadata_and_stable(folders_build, tmp_path):
   expected, data_dir, _ = folders_build
-  builder = pipeline._prepared_builder("vischema", str(data_dir))
+  builder = catalogue._prepared_builder("vischema", str(data_dir))
   split = builder.info.metadata["split"]
   assert split["source"] == "stratified" and split["seed"] == 0
   assert sorted(split["test_ids"]) == sorted(_records("vischema", "test", data_dir))
@@ -82,18 +82,18 @@ def test_drawn_split_recorded_in_metadata_and_stable(folders_build, tmp_path):
   # The same files in another order of creation (other folder) give the same split.
   again = make_vischema(tmp_path / "vischema", per_category=3)
   assert again.keys() == expected.keys()
-  pipeline.build("vischema", str(tmp_path / "data"), manual_dir=str(tmp_path))
-  meta = pipeline._prepared_builder("vischema", str(tmp_path / "data")).info.metadata
+  catalogue.build("vischema", str(tmp_path / "data"), manual_dir=str(tmp_path))
+  meta = catalogue._prepared_builder("vischema", str(tmp_path / "data")).info.metadata
   assert meta["split"]["test_ids"] == split["test_ids"]
 
 
 def test_batches_carry_category_and_maps(folders_build):
   expected, data_dir, _ = folders_build
-  source = pipeline.open_split("vischema", "train", str(data_dir))
+  source = catalogue.open_split("vischema", "train", str(data_dir))
   batch = next(pipeline.train_batches(source, batch_size=4, seed=0))
   assert batch["image"].shape == (4, 224, 224, 3) and batch["vms"].shape == (4, 224, 224, 2)
   assert batch["category"].dtype == np.int32 and batch["category"].shape == (4,)
-  batches = list(pipeline.eval_batches(pipeline.open_split("vischema", "test", str(data_dir)), 4))
+  batches = list(pipeline.eval_batches(catalogue.open_split("vischema", "test", str(data_dir)), 4))
   ids = [i for b in batches for i in b["id"]]
   assert ids == sorted(ids) and len(ids) == 5
   cats = np.concatenate([b["category"] for b in batches])
@@ -102,7 +102,7 @@ def test_batches_carry_category_and_maps(folders_build):
 
 def test_processes_read_disjoint_slices_of_each_batch(folders_build):
   _, data_dir, _ = folders_build
-  source = pipeline.open_split("vischema", "train", str(data_dir))
+  source = catalogue.open_split("vischema", "train", str(data_dir))
   whole = next(pipeline.train_batches(source, batch_size=4, seed=1, start_step=3))
   parts = [
     next(pipeline.train_batches(source, 4, 1, start_step=3, process_index=p, process_count=2))
@@ -117,7 +117,7 @@ def test_data_cli_build_and_info(folders_build, capsys):
   assert cli.main(["data", "info", "vischema", "--data_dir", str(data_dir)]) == 0
   out = capsys.readouterr().out
   assert "train: 19 examples" in out and "test: 5 examples" in out
-  counts = pipeline.category_counts("vischema", str(data_dir))
+  counts = catalogue.category_counts("vischema", str(data_dir))
   total = collections.Counter(e["category"] for e in expected.values())
   assert {leaf: counts["train"][leaf] + counts["test"][leaf] for leaf in schema.LEAVES} == total
   for leaf in schema.LEAVES:  # the per-category table: a row per leaf, a column per split
@@ -142,14 +142,14 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
   assert cli.main(["data", "info", "vischema/nope", "--data_dir", str(tmp_path)]) == 2
   assert "vischema/centre_crop" in capsys.readouterr().err
   with pytest.raises(VMSError, match="generated"):
-    pipeline.build("synthetic", str(tmp_path), manual_dir=str(tmp_path))
+    catalogue.build("synthetic", str(tmp_path), manual_dir=str(tmp_path))
 
 
 def test_flat_csv_npy_centre_crop(tmp_path):
   expected = make_vischema(
     tmp_path / "m", layout="csv", map_format="npy", per_category=2, shape=(48, 64), split="csv"
   )
-  pipeline.build("vischema/centre_crop", str(tmp_path / "d"), manual_dir=str(tmp_path / "m"))
+  catalogue.build("vischema/centre_crop", str(tmp_path / "d"), manual_dir=str(tmp_path / "m"))
   train = _records("vischema/centre_crop", "train", tmp_path / "d")
   test = _records("vischema/centre_crop", "test", tmp_path / "d")
   assert {i for i, e in expected.items() if e["split"] == "test"} == set(test)
@@ -162,7 +162,7 @@ def test_flat_csv_npy_centre_crop(tmp_path):
     reference = np.clip(_pil_resize_map(want["raw_map"], box), 0, 1)
     np.testing.assert_allclose(record["vms"], reference, atol=1e-6)
     _check_categories(record, want["category"])
-  meta = pipeline._prepared_builder("vischema/centre_crop", str(tmp_path / "d")).info.metadata
+  meta = catalogue._prepared_builder("vischema/centre_crop", str(tmp_path / "d")).info.metadata
   assert meta["split"] == {"source": "csv"} and meta["resize"] == "centre_crop"
   assert meta["map_scale"]["numeric_maps_divisor"] == 1.0
 
@@ -176,11 +176,11 @@ def test_split_files_npz_0_255_maps_of_another_size(tmp_path):
     map_shape=(56, 56),
     split="files",
   )
-  report = pipeline.build("vischema", str(tmp_path / "d"), manual_dir=str(tmp_path / "m"))
+  report = catalogue.build("vischema", str(tmp_path / "d"), manual_dir=str(tmp_path / "m"))
   assert report["written"] == {"train": 8, "test": 8}
   test = _records("vischema", "test", tmp_path / "d")
   assert set(test) == {i for i, e in expected.items() if e["split"] == "test"}
-  meta = pipeline._prepared_builder("vischema", str(tmp_path / "d")).info.metadata
+  meta = catalogue._prepared_builder("vischema", str(tmp_path / "d")).info.metadata
   assert meta["map_scale"]["numeric_maps_divisor"] == 255.0
   for item_id, record in test.items():
     want = expected[item_id]
@@ -194,7 +194,7 @@ def test_split_files_npz_0_255_maps_of_another_size(tmp_path):
 @pytest.mark.parametrize("map_format", ["mat", "pair"])
 def test_mat_and_grayscale_pair_maps(tmp_path, map_format):
   expected = make_vischema(tmp_path / "m", map_format=map_format, per_category=2, split="csv")
-  pipeline.build("vischema", str(tmp_path / "d"), manual_dir=str(tmp_path / "m"))
+  catalogue.build("vischema", str(tmp_path / "d"), manual_dir=str(tmp_path / "m"))
   records = {
     **_records("vischema", "test", tmp_path / "d"),
     **_records("vischema", "train", tmp_path / "d"),
@@ -207,7 +207,7 @@ def test_mat_and_grayscale_pair_maps(tmp_path, map_format):
 
 def test_vischema2_images_only(tmp_path):
   expected = make_vischema(tmp_path / "m" / "vischema2", map_format="none", per_category=2)
-  report = pipeline.build("vischema2", str(tmp_path / "d"), manual_dir=str(tmp_path / "m"))
+  report = catalogue.build("vischema2", str(tmp_path / "d"), manual_dir=str(tmp_path / "m"))
   assert report["written"] == {"test": 16}
   records = _records("vischema2", "test", tmp_path / "d")
   assert set(records) == set(expected)
@@ -216,7 +216,7 @@ def test_vischema2_images_only(tmp_path):
     np.testing.assert_array_equal(record["image"], expected[item_id]["image"])
     _check_categories(record, expected[item_id]["category"])
   batch = next(
-    iter(pipeline.eval_batches(pipeline.open_split("vischema2", "test", tmp_path / "d"), 16))
+    iter(pipeline.eval_batches(catalogue.open_split("vischema2", "test", tmp_path / "d"), 16))
   )
   assert "vms" not in batch and batch["category"].shape == (16,)
 
@@ -239,7 +239,7 @@ def test_images_in_the_wild_become_rgb_records(tmp_path):
   tall = np.zeros((40, 60, 3), np.uint8)
   tall[:, :30] = 255
   Image.fromarray(tall).save(folder / "rotated.jpg", exif=exif, quality=95)
-  pipeline.build("vischema2/centre_crop", str(tmp_path / "d"), manual_dir=str(tmp_path / "m"))
+  catalogue.build("vischema2/centre_crop", str(tmp_path / "d"), manual_dir=str(tmp_path / "m"))
   records = _records("vischema2/centre_crop", "test", tmp_path / "d")
   assert sorted(records) == ["cmyk.jpg", "deep.png", "grey.jpg", "palette.png", "rotated.jpg"]
   for name, record in records.items():

@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from tests.test_data_folders import make_vischema
-from vmsjax import cli, train, weights
+from vmsjax import cli, factory, weights
 from vmsjax import config as config_lib
 
 
@@ -24,7 +24,7 @@ def _random_vgg_npz(path) -> None:
     }
   # Caffe preprocessing feeds 0-255-scale pixels; scale the first layer as train.py does
   # for its random trunk, so the features are O(1) rather than O(100).
-  params["block1_conv1"]["kernel"] /= train.RANDOM_TRUNK_INPUT_SPREAD["caffe"]
+  params["block1_conv1"]["kernel"] /= factory.RANDOM_TRUNK_INPUT_SPREAD["caffe"]
   w = weights.VGGWeights(params, "caffe", "vmsjax-npz", "0" * 64, None)
   weights.save_npz(w, path)
 

@@ -31,13 +31,15 @@ def test_train_then_evaluate(tmp_path, synthetic_data_dir, capsys, monkeypatch):
   assert saved["model"]["latent"] == 4 and saved["data"]["image_size"] == 32
   versions = json.loads((work / "versions.json").read_text())
   assert versions["jax"] != "not installed" and "python" in versions
+  assert versions["huge_pages"].startswith(("on", "off"))  # the start-up setting, recorded
   dataset = json.loads((work / "dataset.json").read_text())
   assert dataset["name"] == "synthetic" and dataset["num_examples"]["train"] == 640
   lines = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in lines] == list(range(1, 13))
   assert all(math.isfinite(r["loss"]) for r in lines)
   for r in lines:
-    assert abs(r["loss"] - (r["reconstruction"] + r["beta"] * r["kl"] + r["l2"])) < 1e-2 * r["loss"]
+    weighted = sum(r[f"weight_{t}"] * r[t] for t in ("kl", "l2"))
+    assert abs(r["loss"] - (r["reconstruction"] + weighted)) < 1e-2 * r["loss"]
 
   # TensorBoard can read the events.
   from tensorboard.backend.event_processing import event_accumulator

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vmsjax import cli, evaluate, metrics
+from vmsjax import cli, eval_report, evaluate, inference, metrics, records
 from vmsjax.data import schema
 from vmsjax.errors import VMSError
 
@@ -47,6 +47,14 @@ def test_json_matches_return_and_counts(report, trained_workdir):
   # The synthetic test split has 20 images per leaf category, 40 per middle, 80 per top.
   assert {v["images"] for v in report["categories"]["leaf"].values()} == {20}
   assert {v["images"] for v in report["categories"]["top"].values()} == {80}
+
+
+def test_eval_path_is_the_last_step_report_and_evaluate_once_reads_it(report, trained_workdir):
+  config = inference.load_config(trained_workdir)  # 12 steps: the report above is the last
+  path = evaluate.eval_path(trained_workdir, config)
+  assert path == trained_workdir / "eval" / report["files"]["json"]
+  # It has the centre baseline already: read back, nothing is evaluated (or logged).
+  assert evaluate.evaluate_once(trained_workdir, config, "centre", log=pytest.fail) == report
 
 
 def test_categories_add_up_to_the_overall_means(report):
@@ -104,7 +112,7 @@ def test_markdown_tables(report, trained_workdir):
   assert f"]({report['files']['figure']})" in md
   # The JSON holds everything the Markdown shows (its keys come back sorted).
   on_disk = json.loads((trained_workdir / "eval" / "test-12.json").read_text())
-  assert evaluate.markdown_report(on_disk) == md
+  assert eval_report.markdown_report(on_disk) == md
 
 
 def test_figure(report, trained_workdir):
@@ -218,3 +226,52 @@ def test_other_dataset_without_categories(trained_workdir, monkeypatch):
   md = (trained_workdir / "eval" / "other-cfg-test-12.md").read_text()
   assert "## Table 1" in md and "Table 2" not in md and "## Per category" not in md
   assert json.loads((trained_workdir / "eval" / "other-cfg-test-12.json").read_text()) == got
+
+
+def test_json_safe_writes_strict_json():
+  # One convention for every report: NaN and both infinities are null (undefined).
+  obj = {
+    "nan": float("nan"),
+    "inf": np.float32(np.inf),
+    "-inf": -math.inf,
+    "f32": np.float32(0.5),
+    "i64": np.int64(3),
+    "nested": [(1.0, np.nan), {"ok": True, "none": None, "s": "x"}],
+  }
+  got = records.json_safe(obj)
+  assert got == {
+    "nan": None,
+    "inf": None,
+    "-inf": None,
+    "f32": 0.5,
+    "i64": 3,
+    "nested": [[1.0, None], {"ok": True, "none": None, "s": "x"}],
+  }
+  assert type(got["f32"]) is float and type(got["i64"]) is int and got["nested"][1]["ok"] is True
+  text = json.dumps(got, allow_nan=False)  # strict JSON: no NaN or Infinity tokens
+  assert json.loads(text) == got
+
+
+def test_baselines_given_as_functions_and_memoised():
+  calls = []
+
+  def counting(images, target):
+    calls.append(1)
+    return target * 0.5
+
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, size=(2, 8, 8, 3), dtype=np.uint8)
+  target = rng.uniform(size=(2, 8, 8, 2)).astype(np.float32)
+  once = evaluate.memoised(counting)
+  first = once(images, target)
+  np.testing.assert_array_equal(once(images.copy(), target.copy()), first)
+  assert len(calls) == 1
+  once(images, target[::-1].copy())  # other maps: computed again
+  assert len(calls) == 2
+  assert evaluate.baseline_functions("gbvs,centre") == {
+    "gbvs": evaluate.gbvs_baseline,
+    "centre": evaluate.centre_baseline,
+  }
+  chosen = evaluate.baseline_functions({"counting": counting}, memoise=True)
+  assert list(chosen) == ["counting"] and chosen["counting"] is not counting
+  assert evaluate.parse_baselines(evaluate.baseline_functions(None, memoise=True)) == ("centre",)

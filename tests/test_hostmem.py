@@ -42,7 +42,7 @@ def _run(code: str, **env) -> subprocess.CompletedProcess:
 def _probe(**env) -> dict:
   out = _run(PROBE, **env)
   assert out.returncode == 0, out.stderr
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  return dict(json.loads(out.stdout.strip().splitlines()[-1]), stderr=out.stderr)
 
 
 @pytest.mark.skipif(not HUGE_PAGES_POSSIBLE, reason="needs glibc >= 2.35 and THP 'madvise'")
@@ -51,6 +51,10 @@ def test_restart_with_huge_pages_cuts_the_per_step_page_faults():
   off = _probe(VMSJAX_HUGE_PAGES="off", GLIBC_TUNABLES=None, VMSJAX_HUGE_PAGES_ADDED=None)
   assert on["status"] == "on" and on["tunables"] == "glibc.malloc.hugetlb=1"
   assert off["status"] == "off (VMSJAX_HUGE_PAGES=off)" and off["tunables"] == ""
+  # The restart is announced, once, naming the setting and how to turn it off.
+  announced = [ln for ln in on["stderr"].splitlines() if "restarting with GLIBC_TUNABLES" in ln]
+  assert len(announced) == 1 and "VMSJAX_HUGE_PAGES=off" in announced[0]
+  assert "restarting" not in off["stderr"]
   # 4 KiB pages: the temporaries are faulted in afresh each call (~17k faults here);
   # 2 MiB pages: ~1k.
   assert off["faults"] > 3 * 5000, off

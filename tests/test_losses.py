@@ -80,9 +80,14 @@ def test_total_loss_combines_terms_with_weights():
   mu = jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)
   logvar = jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)
   params = {"k": {"kernel": jnp.full((2, 2), 0.5)}}
-  loss, terms = losses.total_loss(logits, target, mu, logvar, params, kind="mse", beta=0.3, l2=0.02)
+  outputs = {"logits": logits, "target": target, "mu": mu, "logvar": logvar, "params": params}
+  loss, terms = losses.total_loss(outputs, kind="mse", weights={"kl": 0.3, "l2": 0.02})
   rec = float(losses.reconstruction(logits, target, "mse"))
   kl = float(losses.kl_divergence(mu, logvar))
-  assert float(terms["l2"]) == pytest.approx(0.02 * 4 * 0.25)
+  assert float(terms["l2"]) == pytest.approx(4 * 0.25)  # unweighted: its weight is logged apart
   assert float(loss) == pytest.approx(rec + 0.3 * kl + 0.02, rel=1e-6)
   assert set(terms) == {"loss", "reconstruction", "kl", "l2"}
+  # A term left out of the weights is neither computed nor logged.
+  loss_kl, terms_kl = losses.total_loss(outputs, kind="mse", weights={"kl": 0.3})
+  assert set(terms_kl) == {"loss", "reconstruction", "kl"}
+  assert float(loss_kl) == pytest.approx(rec + 0.3 * kl, rel=1e-6)

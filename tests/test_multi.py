@@ -7,19 +7,20 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_config
+from tests.conftest import restored, tiny_config
 from vmsjax import config as config_lib
-from vmsjax import multi, train
+from vmsjax import train
 from vmsjax.errors import VMSError
 
-# Two members: the second differs in seed, beta (and its warm-up), l2 and learning rate.
+# Two members: the second differs in seed, the kl weight (and its warm-up), l2 and the
+# learning rate.
 MEMBERS = (
   {"seed": 0},
   {
     "seed": 1,
-    "loss.beta": 0.5,
+    "loss.weights.kl": 0.5,
     "loss.kl_warmup_steps": 4,
-    "loss.l2": 0.01,
+    "loss.weights.l2": 0.01,
     "optim.learning_rate": 3e-3,
   },
 )
@@ -29,13 +30,7 @@ def _configs(data_dir, **common):
   return [tiny_config(**{"data.data_dir": data_dir, **common, **m}) for m in MEMBERS]
 
 
-def _restore(workdir, config, step=None):
-  model, tx = train.make_model(config), train.make_optimizer(config)
-  state = train.init_state(config, model, tx, jax.random.key(config.seed))
-  mngr = train.checkpoint_manager(workdir, config)
-  state, meta = train.restore(mngr, mngr.latest_step() if step is None else step, state)
-  mngr.close()
-  return jax.device_get(state), meta
+_restore = restored
 
 
 def _metrics(workdir):
@@ -48,7 +43,7 @@ def group_dirs(tmp_path_factory, synthetic_data_dir):
   """The MEMBERS trained as one group (12 steps, checkpoints at 4, 8, 12)."""
   root = tmp_path_factory.mktemp("group")
   dirs = [root / f"m{i}" for i in range(len(MEMBERS))]
-  states = multi.train_group(_configs(synthetic_data_dir), dirs)
+  states = train.train_group(_configs(synthetic_data_dir), dirs)
   return dirs, states
 
 
@@ -88,7 +83,7 @@ def test_group_equals_each_model_alone(group_dirs, synthetic_data_dir, trained_w
     assert [r["step"] for r in mg] == [r["step"] for r in ma] == list(range(1, 13))
     for ra, rg in zip(ma, mg, strict=True):
       tol = 1e-6 if rg["step"] == 1 else 1e-4 if rg["step"] <= 4 else 1e-2
-      for k in ("loss", "reconstruction", "kl", "l2", "beta", "grad_norm"):
+      for k in ("loss", "reconstruction", "kl", "l2", "weight_kl", "weight_l2", "grad_norm"):
         assert rg[k] == pytest.approx(ra[k], rel=tol, abs=1e-6), (i, k, rg["step"])
     assert list((work / "tb").iterdir()), "TensorBoard events written"
     finals.append(grouped)
@@ -102,11 +97,11 @@ def test_resume_of_a_stopped_group_is_identical(group_dirs, synthetic_data_dir, 
   dirs, _ = group_dirs
   configs = _configs(synthetic_data_dir)
   work = [tmp_path / f"m{i}" for i in range(len(MEMBERS))]
-  multi.train_group(configs, work, stop_at=8)
+  train.train_group(configs, work, stop_at=8)
   # As if killed between saving members' checkpoints: member 1 only has step 4, so the
   # group restarts at 4 and member 0 recomputes 5..8 without writing them again.
   shutil.rmtree(work[1] / "checkpoints" / "8")
-  multi.train_group(configs, work)
+  train.train_group(configs, work)
   for i, (config, w) in enumerate(zip(configs, work, strict=True)):
     resumed, _ = _restore(w, config)
     straight, _ = _restore(dirs[i], config)  # same computation as the 12-step group
@@ -117,7 +112,7 @@ def test_resume_of_a_stopped_group_is_identical(group_dirs, synthetic_data_dir, 
     assert steps == list(range(1, 13)), (i, steps)
     assert [r["loss"] for r in _metrics(w)] == [r["loss"] for r in _metrics(dirs[i])]
   # A finished group is left alone.
-  again = multi.train_group(configs, work)
+  again = train.train_group(configs, work)
   assert int(again[0].step) == 12
 
 
@@ -125,12 +120,12 @@ def test_configs_that_cannot_be_grouped_are_refused(synthetic_data_dir, tmp_path
   a = tiny_config(**{"data.data_dir": synthetic_data_dir})
   b = tiny_config(**{"data.data_dir": synthetic_data_dir, "model.latent": 8})
   with pytest.raises(VMSError, match="model.latent"):
-    multi.train_group([a, b], [tmp_path / "a", tmp_path / "b"])
+    train.train_group([a, b], [tmp_path / "a", tmp_path / "b"])
   with pytest.raises(VMSError, match="distinct workdirs"):
-    multi.train_group([a, a], [tmp_path / "a", tmp_path / "a"])
-  c = tiny_config(**{"data.data_dir": synthetic_data_dir, "seed": 5, "loss.beta": 2.0})
-  assert multi.group_key(a) == multi.group_key(c)
-  assert multi.group_key(a) != multi.group_key(b)
+    train.train_group([a, a], [tmp_path / "a", tmp_path / "a"])
+  c = tiny_config(**{"data.data_dir": synthetic_data_dir, "seed": 5, "loss.weights.kl": 2.0})
+  assert config_lib.group_key(a) == config_lib.group_key(c)
+  assert config_lib.group_key(a) != config_lib.group_key(b)
 
 
 def test_group_on_the_feature_cache_equals_alone(synthetic_data_dir, tmp_path):
@@ -141,7 +136,7 @@ def test_group_on_the_feature_cache_equals_alone(synthetic_data_dir, tmp_path):
     "features.cache_dir": str(tmp_path / "cache"),
   }
   configs = _configs(synthetic_data_dir, **cached)
-  multi.train_group(configs, [tmp_path / "g0", tmp_path / "g1"], stop_at=4)
+  train.train_group(configs, [tmp_path / "g0", tmp_path / "g1"], stop_at=4)
   assert len(list((tmp_path / "cache").iterdir())) == 1  # one cache for the group
   train.train_and_evaluate(configs[1], tmp_path / "alone1")  # finds the group's cache
   assert len(list((tmp_path / "cache").iterdir())) == 1

@@ -15,7 +15,7 @@ from PIL import Image
 from scipy import stats
 
 from vmsjax import cli
-from vmsjax.data import pipeline
+from vmsjax.data import catalogue
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -79,7 +79,7 @@ def test_readme_commands_after_training(tmp_path, monkeypatch, trained_workdir, 
     predicted = {
       r["id"]: float(r["memorability"]) for r in csv.DictReader(f) if r["set"] == "predict"
     }
-  source = pipeline.open_split("synthetic", "test", synthetic_data_dir)
+  source = catalogue.open_split("synthetic", "test", synthetic_data_dir)
   truth = {ex["id"]: float(ex["vms"][..., 0].mean()) for ex in source}
   ids = sorted(truth)
   want = stats.spearmanr([truth[i] for i in ids], [predicted[i] for i in ids]).statistic

@@ -9,22 +9,19 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_config
-from vmsjax import train
+from tests.conftest import restored, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _train(workdir, data_dir, kill_after=None, extra=()):
   env = dict(os.environ)
-  env.pop("VMSJAX_KILL_AFTER_STEP", None)
-  if kill_after is not None:
-    env["VMSJAX_KILL_AFTER_STEP"] = str(kill_after)
+  # The killed run is `vmsjax train` with a fault-injection hook in its loop.
+  entry = ["vmsjax.cli", "train"] if kill_after is None else ["tests.killed_run", str(kill_after)]
   cmd = [
     sys.executable,
     "-m",
-    "vmsjax.cli",
-    "train",
+    *entry,
     "--config",
     "configs/synthetic.py:tiny",
     "--workdir",
@@ -35,13 +32,7 @@ def _train(workdir, data_dir, kill_after=None, extra=()):
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
-def _final_state(workdir, config):
-  model, tx = train.make_model(config), train.make_optimizer(config)
-  state = train.init_state(config, model, tx, jax.random.key(config.seed))
-  mngr = train.checkpoint_manager(workdir, config)
-  state, meta = train.restore(mngr, mngr.latest_step(), state)
-  mngr.close()
-  return jax.device_get(state), meta
+_final_state = restored
 
 
 def test_sigkill_and_rerun_is_bit_identical(tmp_path, synthetic_data_dir):

@@ -403,16 +403,14 @@ def test_unpickler_runs_no_code_from_the_file(files, capsys):
 
 
 def test_train_encoder_params_loads_the_file(pth):
-  import jax
-
   from tests.conftest import tiny_config
-  from vmsjax import train
+  from vmsjax import factory
 
   c = tiny_config(**{"model.encoder.weights": pth, "model.encoder.preprocessing": "torch"})
-  params = train.encoder_params(c, jax.random.key(0))
+  params = factory.encoder_params(c)
   np.testing.assert_array_equal(
     params["block3_conv2"]["kernel"], weights.load_vgg16(pth).params["block3_conv2"]["kernel"]
   )
   c = tiny_config(**{"model.encoder.weights": pth, "model.encoder.preprocessing": "caffe"})
   with pytest.raises(VMSError, match=r"preprocessing=torch"):
-    train.encoder_params(c, jax.random.key(0))
+    factory.encoder_params(c)

@@ -52,13 +52,12 @@ import jax.numpy as jnp
 import ml_collections
 import ml_dtypes
 import numpy as np
-import optax
 from jax.sharding import Mesh, NamedSharding
 
-from vmsjax import train
+from vmsjax import factory, pixels
 from vmsjax.data import augment
 from vmsjax.errors import VMSError
-from vmsjax.models import vae, vgg16
+from vmsjax.models import vgg16
 
 FORMAT_VERSION = 1
 FILES = ("feats.npy", "draw.npy", "vms.npy")
@@ -147,7 +146,7 @@ def key_fields(
       "flip": bool(aug.flip) if aug.enabled else False,
     },
     "views": effective_views(config),
-    "draw_seed": train.data_seed(config),
+    "draw_seed": factory.data_seed(config),
     "dtype": config.model.dtype,
   }
 
@@ -161,7 +160,7 @@ def draws(config: ml_collections.ConfigDict, n: int) -> np.ndarray:
   k = effective_views(config)
   if not config.augment.enabled:
     return np.asarray(augment.identity(n)).reshape(n, 1, 4)
-  key = jax.random.fold_in(jax.random.key(train.data_seed(config)), _DRAW_KEY)
+  key = jax.random.fold_in(jax.random.key(factory.data_seed(config)), _DRAW_KEY)
   aug = config.augment
   flat = augment.draw(key, n * k, aug.max_shift, aug.zoom_range, aug.flip)  # (n*K, 4)
   return np.asarray(flat, np.float32).reshape(n, k, 4)
@@ -172,15 +171,15 @@ def draws(config: ml_collections.ConfigDict, n: int) -> np.ndarray:
 
 def _encode_views_fn(config: ml_collections.ConfigDict, mesh: Mesh):
   """jit(enc_params, image (B,Hs,Ws,3) uint8, draw (B,4)) -> (B,h,w,512) stored dtype."""
-  repl, split = train.shardings(mesh)
-  encoder = train.make_encoder(config)
-  hw = train.image_hw(config)
+  repl, split = factory.shardings(mesh)
+  encoder = factory.make_encoder(config)
+  hw = factory.image_hw(config)
   store = jnp.dtype(feature_dtype(config))
 
   def f(enc_params, image, draw):
     # Exactly the uncached step's path: one warp, then preprocess and the trunk.
     x = augment.warp(image, draw, hw)  # (B, H, W, 3) on 0-255
-    return train.encode(config, encoder, enc_params, x).astype(store)
+    return pixels.encode(config, encoder, enc_params, x).astype(store)
 
   return jax.jit(f, in_shardings=(repl, split, split), out_shardings=split)
 
@@ -219,10 +218,10 @@ def build(
   n = len(source)
   if n == 0:
     raise VMSError(f"cannot build a feature cache of an empty split: {source!r}")
-  mesh = Mesh(np.asarray(jax.local_devices()), ("data",))
+  mesh = factory.data_mesh(jax.local_devices())
   n_dev = len(jax.local_devices())
   chunk = -(-min(chunk, n) // n_dev) * n_dev  # a multiple of the devices, at most ~n
-  fh, fw = train.feature_hw(config)
+  fh, fw = factory.feature_hw(config)
   dtype = feature_dtype(config)
   all_draws = draws(config, n)  # (N, K, 4)
   k = all_draws.shape[1]
@@ -242,7 +241,7 @@ def build(
     vms = np.lib.format.open_memmap(tmp / "vms.npy", mode="w+", dtype=np.float32, shape=vms_shape)
     np.save(tmp / "draw.npy", all_draws)
     encode = _encode_views_fn(config, mesh)
-    repl, split = train.shardings(mesh)
+    repl, split = factory.shardings(mesh)
     params = jax.device_put(enc_params, repl)
     for lo in range(0, n, chunk):
       hi = min(lo + chunk, n)
@@ -342,7 +341,7 @@ def open_or_build(
   Args:
     config: the run's config (`features`, `augment`, `data`, `model.encoder`, dtype).
     source: the training split.
-    dataset_fingerprint: `pipeline.dataset_record(...)["fingerprint"]`.
+    dataset_fingerprint: `catalogue.dataset_record(...)["fingerprint"]`.
     enc_params: the frozen trunk's parameters.
 
   Returns:
@@ -432,7 +431,7 @@ def train_batches(
   process_index: int = 0,
   process_count: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
-  """Host batches for `make_step`'s step, by mode.
+  """Host batches of the cached inputs (`vmsjax.inputs`), by mode.
 
   memory: {"index": (b, 2) int32 (example, view)}, gathered on the device.
   disk:   {"feats": (b, h, w, 512), "draw": (b, 4), "vms": (b, Hs, Ws, 2)} read here.
@@ -441,7 +440,7 @@ def train_batches(
     cache.num_examples,
     cache.views,
     config.train.batch_size,
-    train.data_seed(config),
+    factory.data_seed(config),
     start_step,
     process_index,
     process_count,
@@ -472,48 +471,3 @@ def device_table(cache: FeatureCache, config, repl: NamedSharding) -> dict[str, 
     host = getattr(cache, name)
     out[name] = jax.make_array_from_callback(host.shape, repl, lambda i, h=host: np.asarray(h[i]))
   return out
-
-
-def make_step(config, model: vae.VMSVAE, tx: optax.GradientTransformation):
-  """Returns step(state, table, batch, root) -> (state, metrics) on cached features.
-
-  `table` is `device_table(...)`; `batch` is one of `train_batches(...)` on the device.
-  The latent key is the uncached step's (`train.step_keys`), so the noise is fresh
-  every step; the augmentation key is unused: the view's stored draw replaces it.
-  """
-
-  def step(state: train.TrainState, table, batch, root):
-    _, k_latent = train.step_keys(root, state.step)
-    feats, vms = step_inputs(config, table, batch)
-    hyper = train.default_hyper(config, state.step)
-    return train.head_step(config, model, tx, state, feats, vms, k_latent, hyper)
-
-  return step
-
-
-def step_inputs(config, table, batch) -> tuple[jax.Array, jax.Array]:
-  """A cached batch's features (B, h, w, 512) float32 and maps (B, H, W, 2).
-
-  In memory mode the batch holds (example, view) indices and its rows are gathered
-  from the device `table`; in disk mode it holds the rows. The map is warped with the
-  view's stored draw, the transform its image features got.
-  """
-  if "index" in batch:  # memory mode: gather this batch's rows on the device
-    ex, view = batch["index"][:, 0], batch["index"][:, 1]
-    rows = {"feats": table["feats"][ex, view], "draw": table["draw"][ex, view]}
-    rows["vms"] = table["vms"][ex]
-  else:
-    rows = batch
-  feats = rows["feats"].astype(jnp.float32)
-  vms = augment.warp(rows["vms"], rows["draw"], train.image_hw(config))
-  return feats, vms
-
-
-def jit_step(config, model, tx, mesh: Mesh):
-  repl, split = train.shardings(mesh)
-  return jax.jit(
-    make_step(config, model, tx),
-    in_shardings=(repl, repl, split, repl),
-    out_shardings=(repl, repl),
-    donate_argnums=(0,),
-  )

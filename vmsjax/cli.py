@@ -148,28 +148,30 @@ def run(argv: list[str]) -> int:
     report = evaluate.evaluate(
       args.workdir, args.split, args.checkpoint, args.data_dir, args.baselines, args.dataset
     )
-    evaluate.print_report(report)
+    from vmsjax import eval_report
+
+    eval_report.print_report(report)
     files = ", ".join(f"{args.workdir}/eval/{f}" for f in report["files"].values())
     print(f"written to {files}")
     return 0
   if args.command == "data":
-    from vmsjax.data import pipeline
+    from vmsjax.data import catalogue
 
     if args.data_command == "build":
-      report = pipeline.build(args.name, args.data_dir, args.manual_dir, args.skip_bad_files)
-      print(pipeline.describe(args.name, args.data_dir))
+      report = catalogue.build(args.name, args.data_dir, args.manual_dir, args.skip_bad_files)
+      print(catalogue.describe(args.name, args.data_dir))
       if report is not None:
-        print(pipeline.format_report(report))
+        print(catalogue.format_report(report))
       return 0
     if args.data_command == "info":
-      print(pipeline.describe(args.name, args.data_dir))
+      print(catalogue.describe(args.name, args.data_dir))
       return 0
     if args.data_command == "export":
-      name, sep, split = args.spec.partition(":")
-      if not sep or not name or not split:
-        raise VMSError(f"{args.spec!r}: expected NAME:SPLIT, e.g. synthetic:test")
-      source = pipeline.open_split(name, split, args.data_dir)
-      paths = pipeline.export(source, args.out, args.limit)
+      from vmsjax.data import spec
+
+      name, (split,) = spec.parse(args.spec, single=True)
+      source = catalogue.open_split(name, split, args.data_dir)
+      paths = catalogue.export(source, args.out, args.limit)
       print(f"wrote {len(paths)} images of {name}:{split} to {args.out}")
       return 0
   if plugin is not None:

@@ -38,6 +38,12 @@ RESUMABLE_KEYS: tuple[str, ...] = (
 
 FEATURE_CACHE_MODES: tuple[str, ...] = ("off", "memory", "disk")
 
+# Keys renamed since older vmsjax versions wrote their config.json: old -> new.
+RENAMED_KEYS: dict[str, str] = {"loss.beta": "loss.weights.kl", "loss.l2": "loss.weights.l2"}
+
+# Sections whose numbers enter the training step as traced values (see `member_keys`).
+TRACED_SECTIONS: tuple[str, ...] = ("loss", "optim")
+
 
 def base_config() -> ml_collections.ConfigDict:
   """The paper's model and schedule (§5.1); config files start from it."""
@@ -47,7 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.dense = 128  # n: width of the Dense layer after the VGG-16 trunk
   c.model.latent = 32  # m: size of the latent code
-  c.model.decoder_channels = (256, 128, 64, 32)  # widths of deconv1..4; deconv5 has 2
+  # Widths of the transposed convolutions before the output one (which has 2 channels):
+  # L widths make L + 1 stride-2 layers, so data.image_size must divide by 2**(L + 1).
+  c.model.decoder_channels = (256, 128, 64, 32)
   c.model.kernel = 3  # transposed-convolution kernel size
   c.model.output_batchnorm = False  # batch norm on the output layer too (see models/vae.py)
   c.model.dtype = "float32"  # compute dtype; parameters and optimiser stay float32
@@ -63,14 +71,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.image_size = 224  # model input and output size; a multiple of 32
   c.data.eval_split = "test"
   # Data order, augmentation draws and a random trunk's init; `seed` drives parameter init
-  # and latent noise. Apart so that a seed sweep shares its inputs (vmsjax.multi).
+  # and latent noise. Apart so that a seed sweep shares its inputs (vmsjax.train.train_group).
   c.data.seed = 0
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.reconstruction = "bce"  # bce | mse | l1
-  c.loss.beta = 1.0  # weight of the KL term
-  c.loss.kl_warmup_steps = 0  # ramp beta linearly from 0 over this many steps (0: off)
-  c.loss.l2 = 0.02  # Keras-style kernel regulariser on head and decoder kernels
+  c.loss.reconstruction = "bce"  # bce | mse | l1 (weight 1)
+  # The weight of each further term of the loss, by its name in `losses.TERMS`. A new
+  # term is a function there and a weight here; nothing else changes.
+  c.loss.weights = ml_collections.ConfigDict()
+  c.loss.weights.kl = 1.0  # beta: KL(q(z|x) || N(0, I))
+  c.loss.weights.l2 = 0.02  # Keras-style kernel regulariser on head and decoder kernels
+  c.loss.kl_warmup_steps = 0  # ramp the kl weight linearly from 0 over this many steps
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-4  # Adam
@@ -167,6 +178,9 @@ def override(config: ml_collections.ConfigDict, assignments: list[str]) -> None:
     key, sep, text = item.partition("=")
     if not sep:
       raise VMSError(f"config override {item!r} has no '='; write --config.{key}=VALUE")
+    if key in RENAMED_KEYS:
+      new = RENAMED_KEYS[key]
+      raise VMSError(f"config key {key} is now {new}; write --config.{new}=VALUE")
     node = config
     parts = key.split(".")
     for depth, part in enumerate(parts):
@@ -202,9 +216,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(m.dense > 0, "model.dense", "must be a positive integer")
   need(m.latent > 0, "model.latent", "must be a positive integer")
   need(
-    len(m.decoder_channels) == 4 and all(c > 0 for c in m.decoder_channels),
+    len(m.decoder_channels) >= 1 and all(_is_int(c) and c > 0 for c in m.decoder_channels),
     "model.decoder_channels",
-    "must be four positive widths (the fifth layer has 2 channels)",
+    "must be one or more positive widths (the output layer after them has 2 channels)",
   )
   need(m.kernel > 0, "model.kernel", "must be a positive integer")
   need(m.dtype in ("float32", "bfloat16"), "model.dtype", "must be float32 or bfloat16")
@@ -218,13 +232,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
     "data.image_size",
     "must be a positive multiple of 32 (VGG-16 downsamples by 32)",
   )
+  up = 2 ** (len(m.decoder_channels) + 1)
+  need(
+    config.data.image_size % up == 0,
+    "data.image_size",
+    f"must be a multiple of {up}: a decoder of {len(m.decoder_channels) + 1} layers "
+    f"upsamples by {up} (model.decoder_channels={tuple(m.decoder_channels)})",
+  )
   need(
     config.loss.reconstruction in RECONSTRUCTIONS,
     "loss.reconstruction",
     f"must be one of {', '.join(RECONSTRUCTIONS)}",
   )
-  need(config.loss.beta >= 0, "loss.beta", "must be >= 0")
-  need(config.loss.l2 >= 0, "loss.l2", "must be >= 0")
+  from vmsjax.losses import TERMS
+
+  for name, weight in config.loss.weights.items():
+    need(name in TERMS, f"loss.weights.{name}", f"names no loss term; known: {', '.join(TERMS)}")
+    need(weight >= 0, f"loss.weights.{name}", "must be >= 0")
   need(config.loss.kl_warmup_steps >= 0, "loss.kl_warmup_steps", "must be >= 0")
   need(config.optim.learning_rate > 0, "optim.learning_rate", "must be > 0")
   need(config.data.seed >= 0, "data.seed", "must be >= 0")
@@ -244,13 +268,54 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.log.every_steps > 0, "log.every_steps", "must be > 0")
 
 
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def member_keys(config: ml_collections.ConfigDict | dict) -> tuple[str, ...]:
+  """The keys that may differ between models trained together in one step.
+
+  They follow from the config's structure: `seed`, and every number in the sections
+  of `TRACED_SECTIONS` (`loss`, `optim`). Those numbers reach the step as traced
+  values (`vmsjax.step.hyperparams`), so a group stacks them; every other key (and the
+  strings of those sections, such as `loss.reconstruction`) selects code or data and
+  must be equal.
+  """
+  items = flat(config)
+  traced = [k for k, v in items.items() if k.split(".", 1)[0] in TRACED_SECTIONS and _is_number(v)]
+  return ("seed", *sorted(traced))
+
+
+def upgrade(saved: dict) -> dict:
+  """A saved config dict with renamed keys (`RENAMED_KEYS`) moved to their new names."""
+  out = json.loads(json.dumps(saved))
+  for old, new in RENAMED_KEYS.items():
+    *old_path, old_leaf = old.split(".")
+    node = out
+    for part in old_path:
+      node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or old_leaf not in node:
+      continue
+    value = node.pop(old_leaf)
+    *new_path, new_leaf = new.split(".")
+    target = out
+    for part in new_path:
+      target = target.setdefault(part, {})
+    target.setdefault(new_leaf, value)
+  return out
+
+
 def read_saved(workdir: Path) -> dict | None:
   """The config a run saved in `workdir/config.json`, or None if there is none."""
   path = Path(workdir) / "config.json"
   if not path.exists():
     return None
   try:
-    return json.loads(path.read_text())
+    return upgrade(json.loads(path.read_text()))
   except json.JSONDecodeError as e:
     raise VMSError(
       f"{path} is not valid JSON ({e}); the workdir's records are damaged: use a new --workdir"
@@ -309,3 +374,30 @@ def fingerprint(config: ml_collections.ConfigDict) -> str:
   """A hash of everything that changes what a step computes (RESUMABLE_KEYS excluded)."""
   items = {k: v for k, v in flat(config).items() if k not in RESUMABLE_KEYS}
   return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def group_key(config: ml_collections.ConfigDict) -> str:
+  """A hash of everything but `member_keys`: configs with equal keys can train together."""
+  skip = set(member_keys(config))
+  items = {k: v for k, v in flat(config).items() if k not in skip}
+  return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_group(configs: list[ml_collections.ConfigDict]) -> None:
+  """Raises VMSError unless the configs differ only in `member_keys`."""
+  if not configs:
+    raise VMSError("a group of models needs at least one config")
+  first = flat(configs[0])
+  allowed = set(member_keys(configs[0]))
+  for i, c in enumerate(configs[1:], start=1):
+    other = flat(c)
+    for key in sorted(set(first) | set(other)):
+      if key in allowed and key in first and key in other:
+        continue
+      if first.get(key, "<absent>") != other.get(key, "<absent>"):
+        raise VMSError(
+          f"models 0 and {i} of a group differ in {key} ({first.get(key, '<absent>')!r} vs "
+          f"{other.get(key, '<absent>')!r}); only seed and the numbers of the "
+          f"{' and '.join(TRACED_SECTIONS)} sections may differ between models trained "
+          "together: train them in separate groups"
+        )

@@ -5,7 +5,8 @@ running statistics: a checkpoint gives the same numbers every time), compares th
 with the ground truth at the model's resolution (`data.image_size`; the stored maps
 are resampled with the training resize) and writes, in `workdir/eval/`:
 
-  <split>-<step>.json             every number below (NaN written as null); with
+  <split>-<step>.json             every number below (NaN and infinities written as
+                                  null: `records.json_safe`); with
                                   --dataset other than the training one, the files
                                   start with that dataset's name
   <split>-<step>.md               Table 1, the saliency-benchmark metrics, Table 2,
@@ -13,32 +14,40 @@ are resampled with the training resize) and writes, in `workdir/eval/`:
   <split>-<step>-categories.png   rho2D per leaf category, true and false VMS, model
                                   and baselines (the paper's Figure 4)
 
-Metrics, channels and the policy for constant maps are those of `vmsjax.metrics`.
+Metrics, channels and the policy for constant maps are those of `vmsjax.metrics`; the
+Markdown tables are `vmsjax.eval_report`'s. `eval_path(workdir, config)` is where the
+report of a run's last step lands; `evaluate_once` evaluates only when that report is
+missing or lacks a baseline.
 
 Baselines are functions in `BASELINES`: (images uint8 (N, S, S, 3) at the model's
 size, ground-truth maps (N, S, S, 2)) -> predicted maps (N, S, S, 2). A saliency
 map used as a baseline is one map for both channels, scaled per channel by the
 least-squares factor over the evaluated maps (`metrics.fit_scale`): the scale only
 moves MSE and flatters the baseline, so beating it is a conservative result.
+`evaluate` also takes baselines as a {name: function} mapping: with
+`baseline_functions(names, memoise=True)` each is computed once for several models
+evaluated on the same images (experiments/paper.py).
 """
 
 from __future__ import annotations
 
 import functools
-import math
-import sys
-from collections.abc import Callable, Sequence
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from vmsjax import inference, metrics, records
-from vmsjax import train as train_lib
-from vmsjax.data import augment, schema
+from vmsjax import config as config_lib
+from vmsjax import eval_report, factory, figures, inference, metrics, records
+from vmsjax.data import augment
 from vmsjax.errors import VMSError
 
 Baseline = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# What `evaluate` takes as baselines: names (a list or 'a,b'), or {name: baseline}.
+Baselines = str | Sequence[str] | Mapping[str, Baseline] | None
 
 
 def centre_baseline(images: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -66,11 +75,12 @@ BASELINES: dict[str, Baseline] = {
 }
 # GBVS is left out by default: it is slow (a graph over every image's feature maps).
 DEFAULT_BASELINES: tuple[str, ...] = ("centre",)
-_LABELS = {"model": "model", "centre": "centre bias", "gbvs": "GBVS"}
 
 
-def parse_baselines(text: str | Sequence[str] | None) -> tuple[str, ...]:
+def parse_baselines(text: Baselines) -> tuple[str, ...]:
   """'centre,gbvs' (or a sequence of names) -> ('centre', 'gbvs'); '' or 'none' -> ().
+
+  A {name: baseline} mapping gives its names (which must be in `BASELINES`).
 
   Raises:
     VMSError: an unknown name (the message lists the known ones).
@@ -87,12 +97,53 @@ def parse_baselines(text: str | Sequence[str] | None) -> tuple[str, ...]:
   return tuple(dict.fromkeys(names))  # de-duplicated, in the order given
 
 
+def memoised(baseline: Baseline) -> Baseline:
+  """`baseline`, computed once per distinct (images, target) pair.
+
+  Every model of a sweep is evaluated on the same images at the same size, and a
+  baseline does not depend on the model, so the second and later evaluations can reuse
+  the first one's maps (GBVS costs ~0.1 s of CPU per image). Pairs are told apart by a
+  SHA-256 of both arrays' shapes, dtypes and bytes; the maps live as long as the
+  returned function.
+  """
+  done: dict[str, np.ndarray] = {}
+
+  def once(images: np.ndarray, target: np.ndarray) -> np.ndarray:
+    h = hashlib.sha256()
+    for a in (images, target):
+      h.update(str((a.shape, a.dtype)).encode())
+      h.update(np.ascontiguousarray(a).tobytes())
+    key = h.hexdigest()
+    if key not in done:
+      done[key] = baseline(images, target)
+    return done[key]
+
+  return once
+
+
+def baseline_functions(baselines: Baselines = None, memoise: bool = False) -> dict[str, Baseline]:
+  """The baselines to evaluate, by name: names (see `parse_baselines`) or a mapping.
+
+  Args:
+    baselines: names, looked up in `BASELINES`, or {name: baseline} used as given.
+    memoise: wrap each in `memoised` (for several evaluations on the same images).
+
+  Raises:
+    VMSError: an unknown name.
+  """
+  if isinstance(baselines, Mapping):
+    chosen = dict(baselines)
+  else:
+    chosen = {n: BASELINES[n] for n in parse_baselines(baselines)}
+  return {n: memoised(b) for n, b in chosen.items()} if memoise else chosen
+
+
 def evaluate(
   workdir: str | Path,
   split: str | None = None,
   checkpoint: int | None = None,
   data_dir: str | None = None,
-  baselines: str | Sequence[str] | None = None,
+  baselines: Baselines = None,
   dataset: str | None = None,
 ) -> dict:
   """Evaluates a checkpoint of `workdir` on a split and writes the report files.
@@ -102,7 +153,8 @@ def evaluate(
     split: the split to evaluate (default: the config's `data.eval_split`).
     checkpoint: the step to restore (default: the latest).
     data_dir: where the dataset is built (default: the config's `data.data_dir`).
-    baselines: names from `BASELINES`, as a list or 'a,b' (default: centre only).
+    baselines: names from `BASELINES`, as a list or 'a,b' (default: centre only), or
+      {name: baseline} (`baseline_functions`).
     dataset: another dataset with maps to evaluate on (default: the training one).
 
   Returns:
@@ -118,7 +170,8 @@ def evaluate(
   """
   from vmsjax.data import pipeline
 
-  names = parse_baselines(baselines)
+  chosen = baseline_functions(baselines)
+  names = tuple(chosen)
   # The data is checked before the model is restored: a wrong dataset fails fast.
   config = inference.load_config(Path(workdir))
   split = split or config.data.eval_split
@@ -132,7 +185,7 @@ def evaluate(
   trained = inference.load(workdir, checkpoint)
   workdir, config, step = trained.workdir, trained.config, trained.step
 
-  hw = train_lib.image_hw(config)
+  hw = factory.image_hw(config)
   preds, targets, images, cats = [], [], [], []
   for batch in pipeline.eval_batches(source, trained.batch_size):
     p, _ = inference.predict(trained, batch["image"])
@@ -151,7 +204,7 @@ def evaluate(
   per = {"model": metrics.per_image(pred, target)}
   correlation = {}
   for name in names:
-    base = np.asarray(BASELINES[name](image, target), np.float32)
+    base = np.asarray(chosen[name](image, target), np.float32)
     if base.shape != target.shape:
       raise ValueError(f"baseline {name} returned {base.shape}, expected {target.shape}")
     per[name] = metrics.per_image(base, target)
@@ -198,14 +251,51 @@ def evaluate(
   }
   if categories:
     report["files"]["figure"] = f"{stem}-categories.png"
-  report = _json_safe(report)
+  report = records.json_safe(report)
   out_dir = workdir / "eval"
   out_dir.mkdir(exist_ok=True)
   if categories:
     category_figure(report, out_dir / report["files"]["figure"])
-  (out_dir / report["files"]["markdown"]).write_text(markdown_report(report))
+  (out_dir / report["files"]["markdown"]).write_text(eval_report.markdown_report(report))
   records.write_json(out_dir / report["files"]["json"], report)
   return report
+
+
+def eval_path(workdir: str | Path, config) -> Path:
+  """Where `evaluate` writes the report of the last step of a run on its eval split.
+
+  The training dataset's report (`--dataset` not given): `eval/<split>-<step>.json`.
+  """
+  return Path(workdir) / "eval" / f"{config.data.eval_split}-{config_lib.total_steps(config)}.json"
+
+
+def evaluate_once(
+  workdir: str | Path, config, baselines: Baselines = None, log: Callable[[str], None] = print
+) -> dict:
+  """The evaluation of a run's last checkpoint on its eval split, made only if needed.
+
+  The report at `eval_path(workdir, config)` is read back when it has (at least)
+  `baselines`; otherwise the checkpoint is evaluated and its report written there.
+
+  Args:
+    workdir: the run's workdir.
+    config: its config (the last step is `config_lib.total_steps(config)`).
+    baselines: as `evaluate` takes them.
+    log: told when an evaluation runs.
+
+  Returns:
+    The report as stored (NaN and infinities as None), whether read or just written.
+  """
+  workdir = Path(workdir)
+  names = parse_baselines(baselines)
+  path = eval_path(workdir, config)
+  if path.exists():
+    report = json.loads(path.read_text())
+    if set(names) <= set(report.get("baselines", {})):
+      return report
+  log(f"evaluating {workdir.name} (baselines {', '.join(names) or 'none'})")
+  evaluate(workdir, checkpoint=config_lib.total_steps(config), baselines=baselines)
+  return json.loads(path.read_text())  # as stored, like a rerun reads it
 
 
 def _check_has_maps(source, dataset: str, split: str) -> None:
@@ -233,241 +323,38 @@ def _correlation_cells(values: dict[str, dict[str, np.ndarray]]) -> dict[str, di
   return out
 
 
-def _json_safe(obj):
-  """NaN -> None (JSON has no NaN), numpy scalars -> Python numbers, recursively."""
-  if isinstance(obj, dict):
-    return {k: _json_safe(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_json_safe(v) for v in obj]
-  if isinstance(obj, (float, np.floating)):
-    return None if math.isnan(obj) else float(obj)
-  if isinstance(obj, np.integer):
-    return int(obj)
-  return obj
-
-
-# ---------------------------------------------------------------------------------
-# Markdown.
-
-_LEVELS = {"leaf": schema.LEAVES, "middle": schema.MIDDLE, "top": schema.TOP}
-
-
-def _ordered(report: dict, level: str) -> list[str]:
-  """A level's categories in the tree's order (a JSON file round trip sorts the keys)."""
-  cells = report["categories"][level]
-  return [c for c in _LEVELS[level] if c in cells] + sorted(set(cells) - set(_LEVELS[level]))
-
-
-def _num(x, digits: int) -> str:
-  return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def _who(report: dict) -> list[tuple[str, str, dict]]:
-  """(key, row label, overall summary) for the model and each baseline."""
-  rows = [("model", f"model ({report['model_label']})", report["model"])]
-  rows += [(n, _LABELS.get(n, n), s) for n, s in report["baselines"].items()]
-  return rows
-
-
-def table1(report: dict) -> str:
-  """The paper's Table 1 layout: rho2D and MSE per VMS channel, model then baselines."""
-  lines = [
-    "| model | VMS | ρ2D | MSE (0-255) | MSE ([0, 1]) | images in ρ2D |",
-    "| --- | --- | ---: | ---: | ---: | ---: |",
-  ]
-  for _, label, summary in _who(report):
-    for i, c in enumerate(metrics.CHANNELS):
-      s = summary[c]
-      lines.append(
-        f"| {label if i == 0 else ''} | {c} | {_num(s['rho2d'], 3)} | {_num(s['mse_255'], 1)} "
-        f"| {_num(s['mse'], 4)} | {s['images'] - s['constant']} / {s['images']} |"
-      )
-  return "\n".join(lines)
-
-
-def saliency_table(report: dict) -> str:
-  """CC, SIM and KLD per channel, with the images each mean leaves out."""
-  lines = [
-    "| model | VMS | CC | SIM | KLD | left out (CC / SIM / KLD) |",
-    "| --- | --- | ---: | ---: | ---: | ---: |",
-  ]
-  for _, label, summary in _who(report):
-    for i, c in enumerate(metrics.CHANNELS):
-      s, x = summary[c], summary[c]["excluded"]
-      lines.append(
-        f"| {label if i == 0 else ''} | {c} | {_num(s['cc'], 3)} | {_num(s['sim'], 3)} "
-        f"| {_num(s['kld'], 3)} | {x['cc']} / {x['sim']} / {x['kld']} |"
-      )
-  return "\n".join(lines)
-
-
-def best_worst(report: dict, who: str, channel: str):
-  """Table 2's cells for the model or a baseline: ((best, rho2D), (worst, rho2D)) or None.
-
-  Over the leaf categories with a defined mean rho2D; ties go to the first in tree order.
-  """
-  leaf = report["categories"]["leaf"]
-  cells = {}
-  for cat in _ordered(report, "leaf"):
-    v = leaf[cat]["model"] if who == "model" else leaf[cat]["baselines"][who]
-    rho = v[channel]["rho2d"]
-    cells[cat] = {channel: {"rho2d": float("nan") if rho is None else rho}}
-  return metrics.best_and_worst(cells, channel)
-
-
-def table2(report: dict) -> str:
-  """The paper's Table 2: best and worst leaf category by rho2D, and the overall rho2D."""
-  lines = [
-    "| model | VMS | best category | ρ2D | worst category | ρ2D | overall ρ2D |",
-    "| --- | --- | --- | ---: | --- | ---: | ---: |",
-  ]
-  for who, label, summary in _who(report):
-    for i, c in enumerate(metrics.CHANNELS):
-      bw = best_worst(report, who, c)
-      (best, bv), (worst, wv) = bw if bw else (("n/a", None), ("n/a", None))
-      lines.append(
-        f"| {label if i == 0 else ''} | {c} | {best} | {_num(bv, 3)} | {worst} "
-        f"| {_num(wv, 3)} | {_num(summary[c]['rho2d'], 3)} |"
-      )
-  return "\n".join(lines)
-
-
-def category_table(report: dict) -> str:
-  """rho2D per category at the three levels of the tree, model and baselines."""
-  who = [("model", "model")] + [(n, _LABELS.get(n, n)) for n in report["baselines"]]
-  head = " | ".join(f"{label} {c}" for _, label in who for c in metrics.CHANNELS)
-  lines = [
-    f"| level | category | images | {head} |",
-    "| --- | --- | ---: |" + " ---: |" * (len(who) * len(metrics.CHANNELS)),
-  ]
-  for level in _LEVELS:
-    for cat in _ordered(report, level):
-      v = report["categories"][level][cat]
-      vals = []
-      for key, _ in who:
-        s = v["model"] if key == "model" else v["baselines"][key]
-        vals += [_num(s[c]["rho2d"], 3) for c in metrics.CHANNELS]
-      lines.append(f"| {level} | {cat} | {v['images']} | {' | '.join(vals)} |")
-  return "\n".join(lines)
-
-
-def correlation_table(report: dict) -> str:
-  """Paper §5.3: rho2D of the predicted and of the ground-truth maps with each baseline's."""
-  lines = [
-    "| baseline | VMS | predicted maps ρ2D | ground-truth maps ρ2D | images (constant) |",
-    "| --- | --- | ---: | ---: | ---: |",
-  ]
-  for name, v in report["correlation_with_baselines"].items():
-    for i, c in enumerate(metrics.CHANNELS):
-      p, g = v["predicted"][c], v["ground_truth"][c]
-      lines.append(
-        f"| {_LABELS.get(name, name) if i == 0 else ''} | {c} | {_num(p['rho2d'], 3)} "
-        f"| {_num(g['rho2d'], 3)} | {p['images']} ({p['constant']} / {g['constant']}) |"
-      )
-  return "\n".join(lines)
-
-
-def _heading(report: dict) -> str:
-  return (
-    f"Evaluation of `{report['workdir']}` at step {report['step']} on "
-    f"{report['dataset']}/{report['split']} ({report['images']} images, maps compared at "
-    f"{report['image_size']}x{report['image_size']})"
-  )
-
-
-def markdown_report(report: dict) -> str:
-  """The whole report as Markdown (tables, and a link to the category figure)."""
-  parts = [
-    f"# {_heading(report)}",
-    "## Table 1: reconstruction accuracy",
-    "Mean over images, per VMS channel (`all` = true + false map). ρ2D leaves out images "
-    "where a map is constant (its correlation is undefined): `images in ρ2D` counts the "
-    "rest. MSE on the paper's 0-255 scale and on [0, 1].",
-    table1(report),
-    "## Saliency-benchmark metrics",
-    "MIT saliency benchmark definitions (CC = ρ2D after standardising; SIM after min-max "
-    "and sum normalisation; KLD(ground truth || prediction) after sum normalisation, "
-    "eps = 2.2204e-16). Left out: CC with a constant map, SIM with a constant ground "
-    "truth, KLD with an all-zero ground truth.",
-    saliency_table(report),
-  ]
-  if report["categories"]:
-    parts += [
-      "## Table 2: best and worst category",
-      "By mean ρ2D over the images of each leaf category.",
-      table2(report),
-      "## Per category",
-      f"![ρ2D per category]({report['files']['figure']})",
-      category_table(report),
-    ]
-  if report["correlation_with_baselines"]:
-    parts += [
-      "## Correlation with the baselines' maps",
-      "Mean ρ2D between each baseline's map and the model's predicted maps, and the "
-      "ground-truth maps (the latter is the baseline's own ρ2D). Images: the total, "
-      "and in brackets those left out for a constant map (predicted / ground truth).",
-      correlation_table(report),
-    ]
-  return "\n\n".join(parts) + "\n"
-
-
-def markdown_table(report: dict) -> str:
-  """The heading line and Table 1 (what `print_report` prints)."""
-  return f"{_heading(report)}\n\n{table1(report)}\n"
-
-
-def print_report(report: dict, file=None) -> None:
-  """Prints the Table-1 style table to stdout (or `file`)."""
-  print(markdown_table(report), file=file or sys.stdout)
-
-
 # ---------------------------------------------------------------------------------
 # Figure.
-
-FIGURE_INCHES = (10.0, 7.0)
-FIGURE_DPI = 100  # with no tight bounding box the PNG is 1000 x 700 pixels
 
 
 def category_figure(report: dict, path: Path) -> tuple[int, int]:
   """Bars of rho2D per leaf category, one panel per VMS (true, false), model and baselines.
 
-  Categories with no image, or no defined rho2D, have no bar.
+  `figures.category_bars`, stacked: 1000 x 700 pixels. Categories with no image, or no
+  defined rho2D, have no bar.
 
   Returns:
     The PNG's (width, height) in pixels.
   """
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-
   leaf = report["categories"]["leaf"]
-  cats = _ordered(report, "leaf")
-  who = [("model", "model")] + [(n, _LABELS.get(n, n)) for n in report["baselines"]]
-  fig = Figure(figsize=FIGURE_INCHES, dpi=FIGURE_DPI)
-  FigureCanvasAgg(fig)
-  axes = fig.subplots(2, 1, sharex=True, sharey=True)  # one scale: true and false compare
-  x = np.arange(len(cats))
-  width = 0.8 / len(who)
-  for ax, channel in zip(axes, ("true", "false"), strict=True):
-    for i, (key, label) in enumerate(who):
-      vals = [
-        (leaf[c]["model"] if key == "model" else leaf[c]["baselines"][key])[channel]["rho2d"]
-        for c in cats
-      ]
-      vals = np.array([np.nan if v is None else v for v in vals], np.float64)
-      ax.bar(x + (i - (len(who) - 1) / 2) * width, vals, width, label=label)
-    ax.axhline(0.0, color="black", linewidth=0.6)
-    ax.set_ylabel("mean ρ2D")
-    ax.set_title(f"{channel} VMS", fontsize=10)
-  labels = [f"{c.replace('_', ' ')}\n(n={leaf[c]['images']})" for c in cats]
-  axes[1].set_xticks(x, labels, fontsize=8)
-  axes[1].set_xlabel("VISCHEMA category")
-  # One legend for both panels, outside them so it hides no bar.
-  handles, names = axes[0].get_legend_handles_labels()
-  fig.legend(handles, names, loc="outside lower center", ncols=len(who), fontsize=9)
-  fig.suptitle(
-    f"ρ2D per category: {report['dataset']}/{report['split']}, step {report['step']}",
-    fontsize=11,
+  cats = eval_report.ordered(report, "leaf")
+  labels = eval_report.LABELS
+  who = [("model", "model")] + [(n, labels.get(n, n)) for n in report["baselines"]]
+
+  def values(key: str, channel: str) -> np.ndarray:
+    cells = [leaf[c]["model"] if key == "model" else leaf[c]["baselines"][key] for c in cats]
+    rho = [cell[channel]["rho2d"] for cell in cells]
+    return np.array([np.nan if v is None else v for v in rho], np.float64)
+
+  return figures.category_bars(
+    path,
+    [f"{c}\n(n={leaf[c]['images']})" for c in cats],
+    [
+      (f"{channel} VMS", [(label, values(key, channel)) for key, label in who])
+      for channel in ("true", "false")
+    ],
+    "mean ρ2D",
+    title=f"ρ2D per category: {report['dataset']}/{report['split']}, step {report['step']}",
+    xlabel="VISCHEMA category",
+    stacked=True,
   )
-  fig.set_layout_engine("constrained")
-  fig.savefig(path, dpi=FIGURE_DPI)
-  return int(FIGURE_INCHES[0] * FIGURE_DPI), int(FIGURE_INCHES[1] * FIGURE_DPI)

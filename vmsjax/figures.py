@@ -1,4 +1,5 @@
-"""Figures for predictions and studies: map panels, overlays, scatter plots, bar charts.
+"""Figures for predictions, evaluations and studies: map panels, overlays, scatter plots,
+per-category bar charts.
 
 matplotlib is imported inside the functions (it is slow to import and the model never
 needs it), and figures are drawn on `matplotlib.figure.Figure` with the Agg canvas, not
@@ -20,6 +21,7 @@ import numpy as np
 
 DPI = 100
 PANEL_INCHES = (3.6, 3.2)  # one map panel with its colour bar
+STACKED_INCHES = (10.0, 7.0)  # stacked category bars: 1000 x 700 pixels
 TRUE_COLOUR = (0.0, 1.0, 0.0)  # green: true VMS (paper Figs. 1 and 7)
 FALSE_COLOUR = (1.0, 0.0, 0.0)  # red: false VMS
 OVERLAY_OPACITY = 0.6
@@ -212,39 +214,72 @@ def scatter_figure(
 def category_bars(
   path: Path,
   categories: Sequence[str],
-  series: Sequence[tuple[str, np.ndarray, np.ndarray]],
+  panels: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]],
   ylabel: str,
   title: str = "",
+  xlabel: str = "category",
+  stacked: bool = False,
 ) -> tuple[int, int]:
-  """Per-category bars, one panel per score (the paper's Fig. 5).
+  """Grouped bars per category: one panel per score or channel, one bar per series.
+
+  Two layouts:
+
+  - side by side (default, the paper's Fig. 5): panels in a row, `panel_size(1, P)`
+    pixels, each with its legend above its bars and the category names slanted; the
+    y axis starts at 0.
+  - `stacked` (the paper's Fig. 4): panels one above the other on a `STACKED_INCHES`
+    figure, sharing both axes so that they compare, a line at 0 (values may be
+    negative), category names under the bottom panel only, and one legend for all
+    panels below them.
 
   Args:
     path: the PNG to write.
-    categories: the category names (x axis).
-    series: (panel title, (C,) first dataset's values, (C,) second's) per panel; the
-      a panel title "NAME | A vs B" names the panel NAME and the two bars A and B.
+    categories: the x tick labels, one per category (underscores shown as spaces).
+    panels: (panel title, [(bar label, (C,) values), ...]) per panel; every panel
+      has the same series. A NaN value draws no bar.
     ylabel: the y-axis label.
     title: a figure title.
+    xlabel: the x-axis label.
+    stacked: the layout (above).
 
   Returns:
     The figure's (width, height) in pixels.
   """
-  fig = _figure(1, len(series))
-  axes = np.atleast_1d(fig.subplots(1, len(series)))
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  if stacked:
+    fig = Figure(figsize=STACKED_INCHES, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(len(panels), 1, sharex=True, sharey=True))
+  else:
+    fig = _figure(1, len(panels))
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
   x = np.arange(len(categories))
-  for ax, (name, first, second) in zip(axes, series, strict=True):
-    panel, _, legend = name.partition(" | ")
-    labels = legend.split(" vs ") if legend else ["first", "second"]
-    ax.bar(x - 0.2, first, 0.4, label=labels[0])
-    ax.bar(x + 0.2, second, 0.4, label=labels[-1])
-    ax.set_xticks(x, [c.replace("_", " ") for c in categories], rotation=60, fontsize=7)
-    ax.set_xlabel("category")
+  names = [c.replace("_", " ") for c in categories]
+  for ax, (panel, series) in zip(axes, panels, strict=True):
+    width = 0.8 / len(series)
+    for i, (label, values) in enumerate(series):
+      ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=label)
     ax.set_ylabel(ylabel)
-    ax.set_title(panel, fontsize=9)
-    top = np.nanmax(np.concatenate([first, second, [0.0]]))
+    ax.set_title(panel, fontsize=10 if stacked else 9)
+    if stacked:
+      ax.axhline(0.0, color="black", linewidth=0.6)
+      continue
+    ax.set_xticks(x, names, rotation=60, fontsize=7)
+    ax.set_xlabel(xlabel)
+    top = np.nanmax(np.concatenate([*(np.asarray(v, np.float64) for _, v in series), [0.0]]))
     ax.set_ylim(0.0, 1.35 * top if top > 0 else 1.0)  # room for the legend above the bars
-    ax.legend(fontsize=6, loc="upper center", ncols=2)
+    ax.legend(fontsize=6, loc="upper center", ncols=len(series))
+  if stacked:
+    axes[-1].set_xticks(x, names, fontsize=8)
+    axes[-1].set_xlabel(xlabel)
+    # One legend for every panel, outside them so that it hides no bar.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=9)
   if title:
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=11 if stacked else 10)
   _save(fig, path)
-  return panel_size(1, len(series))
+  if stacked:
+    return round(STACKED_INCHES[0] * DPI), round(STACKED_INCHES[1] * DPI)
+  return panel_size(1, len(panels))

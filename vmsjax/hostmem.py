@@ -12,7 +12,9 @@ the blocks it maps, so the same buffers fault in 2 MiB at a time (~600 faults).
 glibc reads tunables only when a process starts, so `reexec_with_huge_pages()` adds
 the tunable to `GLIBC_TUNABLES` and replaces the process with a fresh copy of itself
 (`os.execv`, same PID and arguments) before anything else has run. The `vmsjax` command
-and the experiment scripts call it first thing. From your own Python, start the
+and the experiment scripts call it first thing. Nothing about it is hidden: the restart
+prints one line on stderr, and every run records `status()` as `huge_pages` in its
+versions.json (docs/speed.md argues this default against an opt-in). From your own Python, start the
 interpreter with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` instead.
 
 It does nothing, and says why in `status()`, where it cannot help or was not measured:
@@ -179,6 +181,12 @@ def reexec_with_huge_pages() -> None:
       env.pop("GLIBC_TUNABLES")
   else:
     return
+  if want:  # announced, never silent: the process is about to be replaced
+    print(
+      f"vmsjax: restarting with GLIBC_TUNABLES={env['GLIBC_TUNABLES']} (huge pages for XLA:CPU's "
+      f"buffers, docs/speed.md; {ENV}=off to start without)",
+      file=sys.stderr,
+    )
   sys.stdout.flush()
   sys.stderr.flush()
   try:

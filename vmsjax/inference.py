@@ -19,7 +19,8 @@ import ml_collections
 import numpy as np
 
 from vmsjax import config as config_lib
-from vmsjax import train as train_lib
+from vmsjax import factory, pixels
+from vmsjax import workdir as workdir_lib
 from vmsjax.data import augment
 from vmsjax.errors import VMSError
 
@@ -72,17 +73,9 @@ def load(workdir: str | Path, checkpoint: int | None = None) -> Trained:
   """
   workdir = Path(workdir)
   config = load_config(workdir)
-  model, tx, encoder = (
-    train_lib.make_model(config),
-    train_lib.make_optimizer(config),
-    train_lib.make_encoder(config),
-  )
-  mesh = train_lib.data_mesh()
-  repl, _ = train_lib.shardings(mesh)
-  root = jax.random.key(config.seed)
-  enc_params = jax.device_put(train_lib.encoder_params(config, root), repl)
-  state = jax.jit(lambda r: train_lib.init_state(config, model, tx, r), out_shardings=repl)(root)
-  mngr = train_lib.checkpoint_manager(workdir, config)
+  setup = factory.build(config)
+  state = setup.init(config.seed)
+  mngr = workdir_lib.checkpoint_manager(workdir, config)
   try:
     steps = mngr.all_steps()
     if not steps:
@@ -90,10 +83,12 @@ def load(workdir: str | Path, checkpoint: int | None = None) -> Trained:
     step = steps[-1] if checkpoint is None else checkpoint
     if step not in steps:
       raise VMSError(f"checkpoint {step} not in {workdir / 'checkpoints'}; available: {steps}")
-    state, _ = train_lib.restore(mngr, step, state)
+    state, _ = workdir_lib.restore(mngr, step, state)
   finally:
     mngr.close()
-  return Trained(workdir, config, int(step), state, enc_params, model, encoder, mesh)
+  return Trained(
+    workdir, config, int(step), state, setup.enc_params, setup.model, setup.encoder, setup.mesh
+  )
 
 
 def _pad(x: np.ndarray, n: int) -> np.ndarray:
@@ -108,7 +103,7 @@ def _compiled(trained: Trained, name: str, samples: int = 0):
   if key in trained._fns:
     return trained._fns[key]
   config, model, encoder = trained.config, trained.model, trained.encoder
-  repl, split = train_lib.shardings(trained.mesh)
+  repl, split = factory.shardings(trained.mesh)
   variables = lambda state: {"params": state.params, "batch_stats": state.batch_stats}  # noqa: E731
 
   if name == "maps":
@@ -144,19 +139,19 @@ def _compiled(trained: Trained, name: str, samples: int = 0):
 def _features(config, encoder, enc_params, image):
   """Trunk features of uint8 images of any size (resized like training inputs)."""
   ident = augment.identity(image.shape[0])
-  resized = augment.warp(image, ident, train_lib.image_hw(config))
-  return train_lib.encode(config, encoder, enc_params, resized)
+  resized = augment.warp(image, ident, factory.image_hw(config))
+  return pixels.encode(config, encoder, enc_params, resized)
 
 
 def _batched(trained: Trained, images: np.ndarray, call) -> list[tuple[np.ndarray, ...]]:
   """Runs `call(device_images)` over fixed-size padded batches; returns trimmed outputs."""
-  _, split = train_lib.shardings(trained.mesh)
+  _, split = factory.shardings(trained.mesh)
   b = trained.batch_size
   outs = []
   for start in range(0, len(images), b):
     chunk = np.asarray(images[start : start + b])
     n = len(chunk)
-    x = train_lib.device_batch({"image": _pad(chunk, b)}, split, keys=("image",))["image"]
+    x = factory.device_batch({"image": _pad(chunk, b)}, split, keys=("image",))["image"]
     outs.append(tuple(np.asarray(o)[:n] for o in call(x)))
   return outs
 

@@ -1,6 +1,13 @@
 """Terms of the VMS-VAE objective (paper eq. 2 plus Keras-style kernel regularisation).
 
-  loss = reconstruction + beta * KL(q(z|x) || N(0, I)) + l2 * sum ||kernel||^2
+  loss = reconstruction + sum over TERMS of weight[name] * TERMS[name](outputs)
+       = reconstruction + beta * KL(q(z|x) || N(0, I)) + l2 * sum ||kernel||^2
+
+The weights are the config's `loss.weights` (`kl` is beta, after its warm-up). To add
+a term: a function `(outputs) -> scalar` in `TERMS` and a weight in
+`config.base_config()`'s `loss.weights`; the step, the logs and groups of models follow.
+`outputs` holds `logits` (B, H, W, 2), `target` (B, H, W, 2), `mu` and `logvar` (B, m)
+and `params` (the trainable parameters).
 
 Each term is a per-batch mean of a per-example sum, so its scale matches the
 negative log-likelihood of one whole map (Keras' `binary_crossentropy * H*W*C`):
@@ -12,6 +19,8 @@ negative log-likelihood of one whole map (Keras' `binary_crossentropy * H*W*C`):
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -61,25 +70,37 @@ def kernel_l2(params) -> jnp.ndarray:
   return total
 
 
+def _kl(outputs: Mapping[str, jnp.ndarray]) -> jnp.ndarray:
+  return kl_divergence(outputs["mu"], outputs["logvar"])
+
+
+def _l2(outputs: Mapping[str, jnp.ndarray]) -> jnp.ndarray:
+  return kernel_l2(outputs["params"])
+
+
+# The weighted terms of the loss, by the name of their weight in `loss.weights`.
+TERMS: dict[str, Callable[[Mapping[str, jnp.ndarray]], jnp.ndarray]] = {"kl": _kl, "l2": _l2}
+
+
 def total_loss(
-  logits: jnp.ndarray,
-  target: jnp.ndarray,
-  mu: jnp.ndarray,
-  logvar: jnp.ndarray,
-  params,
-  *,
-  kind: str,
-  beta: float,
-  l2: float,
+  outputs: Mapping[str, jnp.ndarray], *, kind: str, weights: Mapping[str, jnp.ndarray]
 ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
-  """The whole objective and its terms (each logged on its own).
+  """The whole objective and its terms, each logged on its own.
+
+  Args:
+    outputs: `logits`, `target`, `mu`, `logvar`, `params` (see the module docstring).
+    kind: the reconstruction loss, "bce", "mse" or "l1".
+    weights: a weight per term of `TERMS` to include (float scalars, traced or not).
 
   Returns:
-    (loss, terms) with terms `reconstruction`, `kl`, `l2` (already weighted by l2)
-    and `loss`.
+    (loss, terms): terms holds `loss`, `reconstruction` and each weighted term
+    unweighted under its name (its weight is logged apart by the step).
   """
-  rec = reconstruction(logits, target, kind)
-  kl = kl_divergence(mu, logvar)
-  reg = l2 * kernel_l2(params)
-  loss = rec + beta * kl + reg
-  return loss, {"loss": loss, "reconstruction": rec, "kl": kl, "l2": reg}
+  rec = reconstruction(outputs["logits"], outputs["target"], kind)
+  terms = {"reconstruction": rec}
+  loss = rec
+  for name in sorted(weights):
+    terms[name] = TERMS[name](outputs)
+    loss = loss + weights[name] * terms[name]
+  terms["loss"] = loss
+  return loss, terms

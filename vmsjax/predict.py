@@ -12,7 +12,7 @@ any size and writes, under `out/`, for an image whose output stem is STEM:
   samples/STEM_mean.npy, samples/STEM_std.npy, samples/STEM.png
                         with `samples` = K > 0: the per-pixel mean and standard
                         deviation of the maps over K latent draws z = mu + sigma * eps
-  scores.csv            id, path, memorability, false_memorability (analysis.map_scores
+  scores.csv            id, path, memorability, false_memorability (stats.map_scores
                         of npy/STEM.npy), plus true_std, false_std (the mean per-pixel
                         standard deviation) with samples
   predict.json          the workdir, checkpoint, settings, and every skipped file
@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from vmsjax import analysis, figures, records
+from vmsjax import figures, records
 from vmsjax.errors import VMSError
+from vmsjax.studies import report, stats
 
 IMAGE_SUFFIXES: tuple[str, ...] = (
   ".jpg",
@@ -215,7 +216,7 @@ def predict_files(
   _write_scores(out / "scores.csv", rows, bool(samples))
   records.write_json(
     out / "predict.json",
-    analysis.jsonable(
+    records.json_safe(
       {
         "workdir": str(trained.workdir),
         "checkpoint": trained.step,
@@ -265,7 +266,7 @@ def _write_one(
     figures.prediction_figure(
       out / "png" / f"{stem}.png", image, maps, full, title=image_id, peak=overlay_peak
     )
-  score = analysis.map_scores(maps[None])[0]
+  score = stats.map_scores(maps[None])[0]
   row: dict[str, Any] = {
     "id": image_id,
     "path": str(path),
@@ -283,8 +284,8 @@ def _write_one(
 
 
 def _write_scores(path: Path, rows: list[dict[str, Any]], with_std: bool) -> None:
-  header = ["id", "path", *analysis.SCORES] + (["true_std", "false_std"] if with_std else [])
-  analysis.write_csv(path, header, [[r[k] for k in header] for r in rows])
+  header = ["id", "path", *stats.SCORES] + (["true_std", "false_std"] if with_std else [])
+  report.write_csv(path, header, [[r[k] for k in header] for r in rows])
 
 
 def summary(result: Result) -> str:

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import math
 import platform
 import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 PACKAGES = (
   "vmsjax",
@@ -30,7 +34,11 @@ PACKAGES = (
 
 
 def package_versions() -> dict[str, str]:
-  out = {"python": platform.python_version()}
+  """Python and package versions, and whether XLA:CPU's buffers get huge pages
+  (`vmsjax.hostmem.status`: the one start-up setting that changes a run's speed)."""
+  from vmsjax import hostmem
+
+  out = {"python": platform.python_version(), "huge_pages": hostmem.status()}
   for name in PACKAGES:
     try:
       out[name] = importlib.metadata.version(name)
@@ -44,6 +52,25 @@ def write_json(path: Path, obj) -> None:
   tmp = path.with_suffix(path.suffix + ".tmp")
   tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
   tmp.replace(path)
+
+
+def json_safe(obj: Any) -> Any:
+  """`obj` with strict-JSON values only, recursively: what `write_json` should be given.
+
+  NaN, inf and -inf become None (`null`): JSON has no such numbers, and a value that is
+  not finite is reported as undefined (a mean over no image, an undefined correlation),
+  shown `n/a` in the Markdown tables. numpy floats and integers become Python numbers,
+  tuples become lists; dict keys and every other value are left as they are.
+  """
+  if isinstance(obj, dict):
+    return {k: json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [json_safe(v) for v in obj]
+  if isinstance(obj, (float, np.floating)):
+    return float(obj) if math.isfinite(obj) else None
+  if isinstance(obj, np.integer):
+    return int(obj)
+  return obj
 
 
 class MetricWriter:

@@ -15,8 +15,8 @@ A sweep file is Python, like a config file: `get_sweep(arg)` returns a `Sweep`.
 
 Overrides are written `a.b=value` or `--config.a.b=value`. `run` trains every point
 into `workdir/<name>` and evaluates it; points whose configs differ only in
-`multi.VMAPPABLE_KEYS` (seeds, loss weights, learning rate) are trained together, in one
-jitted step per batch (`vmsjax.multi`). Finished points (a checkpoint at the last step
+`config.member_keys` (seeds, loss weights, learning rate) are trained together, in one
+jitted step per batch (`vmsjax.train.train_group`). Finished points (a checkpoint at the last step
 and an evaluation of it) are skipped, so rerunning a stopped sweep picks up where it
 was. The report `workdir/report.{json,md}` has the paper's Table 1 layout: rho2D and MSE
 for the true, false and combined maps, per point, and the mean and standard deviation
@@ -37,6 +37,7 @@ from pathlib import Path
 
 from vmsjax import config as config_lib
 from vmsjax import records
+from vmsjax import workdir as workdir_lib
 from vmsjax.errors import VMSError
 
 CHANNELS = ("true", "false", "all")
@@ -149,35 +150,21 @@ def commands(
   return out
 
 
-def eval_path(workdir: Path, config) -> Path:
-  """Where `vmsjax evaluate` writes the report of the last step of a run on its eval split."""
-  return workdir / "eval" / f"{config.data.eval_split}-{config_lib.total_steps(config)}.json"
-
-
-def _checkpoint_steps(workdir: Path) -> list[int]:
-  d = workdir / "checkpoints"
-  # orbax writes a step into a temporary folder and renames it to the bare step number
-  # when complete, so only all-digit names are finished checkpoints.
-  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
-
-
 def trained(workdir: Path, config) -> bool:
   """Whether `workdir` holds this config's run, finished (a checkpoint at its last step)."""
-  return config_lib.total_steps(config) in _checkpoint_steps(workdir)
+  return config_lib.total_steps(config) in workdir_lib.checkpoint_steps(workdir)
 
 
 def plan(configs: Sequence, group: bool = True, max_group: int = 0) -> list[list[int]]:
   """Indices of the points to train together, in order of first appearance.
 
-  Points whose configs differ only in `multi.VMAPPABLE_KEYS` share a group (at most
+  Points whose configs differ only in `config.member_keys` share a group (at most
   `max_group` points each, 0 for no limit); `group=False` gives one point per group.
   """
-  from vmsjax import multi
-
   groups: dict[str, list[list[int]]] = {}
   order: list[list[int]] = []
   for i, c in enumerate(configs):
-    key = multi.group_key(c) if group else str(i)
+    key = config_lib.group_key(c) if group else str(i)
     chunks = groups.setdefault(key, [])
     if not chunks or (max_group and len(chunks[-1]) >= max_group):
       chunks.append([])
@@ -201,7 +188,7 @@ def run(
     spec: the sweep file, `path.py[:arg]`.
     workdir: the sweep's folder; point `p` runs in `workdir/p`.
     extra: `a.b=v` overrides applied to every point after its own.
-    group: train points that can share a step together (`vmsjax.multi`).
+    group: train points that can share a step together (`train.train_group`).
     max_group: the most points per group (0: no limit), to bound memory.
     log: where progress lines go (default stderr).
     baselines: the evaluation's baselines (`evaluate.parse_baselines`; default centre).
@@ -215,8 +202,7 @@ def run(
       for every point before anything is trained). A point whose training stops on
       NaN/Inf does not stop the others: it is marked failed in the report.
   """
-  from vmsjax import evaluate, multi
-  from vmsjax import train as train_lib
+  from vmsjax import evaluate, train
 
   log = log or sys.stderr
   sweep, file = load(spec)
@@ -225,7 +211,7 @@ def run(
   configs = [point_config(config_spec, p, extra) for p in sweep.points]
   dirs = [workdir / p.name for p in sweep.points]
   for c, d in zip(configs, dirs, strict=True):
-    train_lib.check_workdir_config(d, c)
+    workdir_lib.check_config(d, c)
 
   errors: dict[int, str] = {}
   timing: list[dict] = []
@@ -239,10 +225,7 @@ def run(
       print(f"sweep: training {', '.join(sweep.points[i].name for i in todo)}", file=log)
       t0 = time.perf_counter()
       try:
-        if len(todo) == 1:
-          train_lib.train_and_evaluate(configs[todo[0]], dirs[todo[0]])
-        else:
-          multi.train_group([configs[i] for i in todo], [dirs[i] for i in todo])
+        train.train_group([configs[i] for i in todo], [dirs[i] for i in todo])
       except VMSError as e:
         for i in todo:
           if not trained(dirs[i], configs[i]):
@@ -255,7 +238,7 @@ def run(
         }
       )
     for i in g:
-      if i in errors or eval_path(dirs[i], configs[i]).exists():
+      if i in errors or evaluate.eval_path(dirs[i], configs[i]).exists():
         continue
       print(f"sweep: evaluating {sweep.points[i].name}", file=log)
       evaluate.evaluate(dirs[i], baselines=baselines)
@@ -290,6 +273,8 @@ def _cell(eval_report: dict) -> dict:
 
 
 def _report(spec, config_spec, sweep, configs, dirs, groups, errors, timing, extra) -> dict:
+  from vmsjax import evaluate  # as in `run`: loading a sweep file needs no jax
+
   points = []
   for i, (p, c, d) in enumerate(zip(sweep.points, configs, dirs, strict=True)):
     row = {
@@ -298,7 +283,7 @@ def _report(spec, config_spec, sweep, configs, dirs, groups, errors, timing, ext
       "overrides": point_overrides(p, extra),
       "workdir": str(d),
     }
-    path = eval_path(d, c)
+    path = evaluate.eval_path(d, c)
     if i in errors:
       row.update(status="failed", error=errors[i])
     elif path.exists():

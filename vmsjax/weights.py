@@ -7,26 +7,25 @@ mixed up: Keras weights expect "caffe" input, torchvision weights expect "torch"
 
 Loading is strict: a missing, extra or misshapen layer, a non-float tensor, a corrupt or
 truncated file and a file that is not a VGG-16 at all each raise a one-line VMSError.
-torchvision files are read without torch: the pickle inside is unpickled by a restricted
-unpickler that only knows the handful of globals a state dict needs.
+The file formats are read by vmsjax.weights_keras (.h5) and vmsjax.weights_torch (.pth,
+read without torch: a restricted unpickler that only knows the handful of globals a
+state dict needs); this module maps their layers onto the trunk, checks them, and
+reads and writes vmsjax's own .npz.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import hashlib
 import os
-import pickle
 import re
-import struct
 import sys
 import zipfile
-from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
+from vmsjax import weights_keras, weights_torch
 from vmsjax.errors import VMSError
 from vmsjax.models import vgg16
 
@@ -44,10 +43,6 @@ KNOWN_MD5: dict[str, str] = {
 
 # torchvision's `features` indices of the 13 convolutions (ReLUs and pools in between).
 TORCH_FEATURE_INDICES: tuple[int, ...] = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
-# The classifier of the full model: recognised and dropped (the trunk has no use for it).
-KERAS_CLASSIFIER: frozenset[str] = frozenset(
-  {"flatten", "fc1", "fc2", "predictions", "dense", "dense_1", "dense_2"}
-)
 
 _NPZ_PREPROCESSING = "__preprocessing__"
 _NPZ_SOURCE = "__source__"
@@ -153,349 +148,13 @@ def _known(sha256: str, md5: str) -> str | None:
   return KNOWN_SHA256_PREFIX.get(sha256[:8]) or KNOWN_MD5.get(md5)
 
 
-# ---------------------------------------------------------------------------- Keras .h5
-
-# Keras 1 names weights `<layer>_W_1:0`/`<layer>_b_1:0`, tf.keras 2 `kernel:0`/`bias:0`.
-_KERAS_KERNEL = re.compile(r"(^|[/_])(kernel|w)(_\d+)?(:\d+)?$", re.IGNORECASE)
-_KERAS_BIAS = re.compile(r"(^|[/_])(bias|b)(_\d+)?(:\d+)?$", re.IGNORECASE)
-# Keras 3 names container entries after the layer class: conv2d, conv2d_1, ..., conv2d_12.
-_KERAS3_CONV = re.compile(r"^conv2d(?:_(\d+))?$")
-
-
-def _as_str(x: Any) -> str:
-  return x.decode("utf8") if isinstance(x, bytes) else str(x)
-
-
-def _read_dataset(path: str, layer: str, ds: Any) -> np.ndarray:
-  import h5py
-
-  if not isinstance(ds, h5py.Dataset):
-    raise VMSError(f"{path}: layer {layer} has a group where a weight array belongs; not Keras")
-  return np.asarray(ds[()])
-
-
-def _dataset_paths(group: Any) -> list[str]:
-  """Paths of all datasets under `group` (for files without `weight_names` attrs)."""
-  import h5py
-
-  paths: list[str] = []
-  group.visititems(lambda n, o: paths.append(n) if isinstance(o, h5py.Dataset) else None)
-  return paths
-
-
-def _keras_legacy_layers(path: str, root: Any) -> dict[str, dict[str, np.ndarray]]:
-  """Layers of a Keras 1/2 `save_weights`/`save` file: root attrs list layer groups."""
-  if "layer_names" in root.attrs:
-    names = [_as_str(n) for n in root.attrs["layer_names"]]
-  else:
-    names = list(root.keys())
-  layers: dict[str, dict[str, np.ndarray]] = {}
-  for name in names:
-    if name not in root:
-      raise VMSError(f"{path}: layer {name} is listed but has no weights group; file is corrupt")
-    g = root[name]
-    if "weight_names" in g.attrs:
-      weight_names = [_as_str(w) for w in g.attrs["weight_names"]]
-    else:
-      weight_names = _dataset_paths(g)
-    if not weight_names or name in KERAS_CLASSIFIER:
-      continue  # input, pooling, flatten and the classifier
-    parts: dict[str, np.ndarray] = {}
-    for wn in weight_names:
-      arr = _read_dataset(path, name, g[wn])
-      base = wn.rsplit("/", 1)[-1]
-      if _KERAS_KERNEL.search(base):
-        part = "kernel"
-      elif _KERAS_BIAS.search(base):
-        part = "bias"
-      else:
-        raise VMSError(
-          f"{path}: layer {name} has an unexpected weight {wn!r}; use plain VGG-16 weights"
-        )
-      if part in parts:
-        raise VMSError(f"{path}: layer {name} has two {part}s; use plain VGG-16 weights")
-      parts[part] = arr
-    layers[name] = parts
-  return layers
-
-
-def _keras3_layers(path: str, root: Any) -> dict[str, dict[str, np.ndarray]]:
-  """Layers of a Keras 3 `.weights.h5`: `layers/<name>/vars/{0,1}`, maybe nested."""
-  import h5py
-
-  found: list[tuple[str, Any]] = []
-
-  def visit(name: str, obj: Any) -> None:
-    if isinstance(obj, h5py.Group) and "vars" in obj and name.rsplit("/", 1)[-1] != "vars":
-      found.append((name.rsplit("/", 1)[-1], obj["vars"]))
-
-  root.visititems(visit)
-  layers: dict[str, dict[str, np.ndarray]] = {}
-  by_class: dict[int, dict[str, np.ndarray]] = {}
-  for name, v in found:
-    keys = sorted(v.keys(), key=lambda k: int(k) if k.isdigit() else -1)
-    if not keys or name in KERAS_CLASSIFIER:
-      continue
-    if keys != ["0", "1"]:
-      raise VMSError(
-        f"{path}: layer {name} holds variables {keys}, expected a kernel and a bias; "
-        "use plain VGG-16 weights"
-      )
-    parts = {
-      "kernel": _read_dataset(path, name, v["0"]),
-      "bias": _read_dataset(path, name, v["1"]),
-    }
-    m = _KERAS3_CONV.match(name)
-    if m:
-      by_class[int(m.group(1) or 0)] = parts
-    else:
-      layers[name] = parts
-  if by_class:
-    if layers or sorted(by_class) != list(range(len(by_class))):
-      raise VMSError(
-        f"{path}: Keras 3 layers are neither all named (block1_conv1 ...) nor a complete "
-        "conv2d, conv2d_1, ... sequence; re-export the weights from keras.applications.VGG16"
-      )
-    if len(by_class) != len(vgg16.LAYER_NAMES):
-      raise VMSError(
-        f"{path}: holds {len(by_class)} convolutions, VGG-16 has {len(vgg16.LAYER_NAMES)}; "
-        "use plain VGG-16 weights"
-      )
-    layers = {vgg16.LAYER_NAMES[i]: by_class[i] for i in range(len(by_class))}
-  return layers
-
-
-def _load_h5(path: str) -> tuple[dict[str, dict[str, np.ndarray]], str]:
-  import h5py
-
-  try:
-    f = h5py.File(path, "r")
-  except OSError as e:
-    raise VMSError(
-      f"{path}: not a readable HDF5 file ({' '.join(str(e).split())}); the file is corrupt "
-      "or truncated, download it again"
-    ) from e
-  try:
-    with f:
-      if "layers" in f and isinstance(f["layers"], h5py.Group):
-        return _keras3_layers(path, f["layers"]), "keras3-h5"
-      root = f["model_weights"] if "model_weights" in f else f
-      return _keras_legacy_layers(path, root), "keras-h5"
-  except VMSError:
-    raise
-  except Exception as e:  # h5py raises OSError/KeyError/RuntimeError on damaged files
-    raise VMSError(
-      f"{path}: could not read the HDF5 contents ({type(e).__name__}: "
-      f"{' '.join(str(e).split())}); the file is corrupt or truncated, download it again"
-    ) from e
-
-
-# ---------------------------------------------------------------------------- torch .pth
-
-_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # legacy (pre-1.6, non-zip) torch.save files
-_STORAGE_DTYPES: dict[str, str] = {
-  "FloatStorage": "f4",
-  "DoubleStorage": "f8",
-  "HalfStorage": "f2",
-  "LongStorage": "i8",
-  "IntStorage": "i4",
-  "ShortStorage": "i2",
-  "CharStorage": "i1",
-  "ByteStorage": "u1",
-  "BoolStorage": "?",
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class _StorageType:
-  """Stands in for `torch.FloatStorage` & co.: only its element type matters."""
-
-  name: str
-
-
-class _Storage:
-  """A torch storage whose bytes are read after unpickling (legacy files put them last)."""
-
-  def __init__(self, key: str, dtype: str, numel: int, base: _Storage | None = None, offset=0):
-    self.key, self.dtype, self.numel, self.base, self.offset = key, dtype, numel, base, offset
-    self.data: np.ndarray | None = None
-
-  def array(self) -> np.ndarray:
-    if self.base is not None:
-      return self.base.array()[self.offset : self.offset + self.numel]
-    assert self.data is not None, "storage read before its bytes were loaded"
-    return self.data
-
-
-@dataclasses.dataclass
-class _TensorRef:
-  storage: _Storage
-  offset: int
-  size: tuple[int, ...]
-  stride: tuple[int, ...]
-
-
-def _rebuild_tensor(storage, storage_offset, size, stride, *_unused) -> _TensorRef:
-  # Stands in for torch._utils._rebuild_tensor{,_v2}; the extra arguments
-  # (requires_grad, backward hooks, metadata) do not matter for frozen weights.
-  if not isinstance(storage, _Storage):
-    raise pickle.UnpicklingError("tensor without a storage")
-  return _TensorRef(storage, int(storage_offset), tuple(size), tuple(stride))
-
-
-def _rebuild_parameter(data, *_unused) -> Any:
-  return data  # a saved nn.Parameter: its tensor is all we need
-
-
-class _TorchUnpickler(pickle.Unpickler):
-  """Unpickles a state dict with no code from the file run: only allow-listed globals."""
-
-  _ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-  }
-
-  def __init__(self, f: BinaryIO, storages: dict[str, _Storage]):
-    super().__init__(f)
-    self.storages = storages
-
-  def find_class(self, module: str, name: str) -> Any:
-    if (module, name) in self._ALLOWED:
-      return self._ALLOWED[(module, name)]
-    if module == "torch" and name in _STORAGE_DTYPES:
-      return _StorageType(name)
-    raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-
-  def persistent_load(self, pid: Any) -> _Storage:
-    # ('storage', storage_type, key, location, numel[, view_metadata (legacy only)])
-    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
-      raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
-    stype, key, numel = pid[1], str(pid[2]), int(pid[4])
-    if not isinstance(stype, _StorageType):
-      raise pickle.UnpicklingError(f"unknown storage type {stype!r}")
-    root = self.storages.get(key)
-    if root is None:
-      root = self.storages[key] = _Storage(key, _STORAGE_DTYPES[stype.name], numel)
-    view = pid[5] if len(pid) > 5 else None
-    if view is not None:  # legacy storage views: (view_key, offset, size)
-      _, offset, size = view
-      return _Storage(key, root.dtype, int(size), base=root, offset=int(offset))
-    return root
-
-
-class _NoGlobals(pickle.Unpickler):
-  """For the legacy header pickles, which hold plain numbers and dicts only."""
-
-  def find_class(self, module: str, name: str) -> Any:
-    raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-
-
-def _torch_zip(path: str, zf: zipfile.ZipFile) -> tuple[Any, dict[str, _Storage]]:
-  pkls = [n for n in zf.namelist() if n.endswith("data.pkl")]
-  if len(pkls) != 1:
-    raise VMSError(f"{path}: a zip without a single data.pkl is not a torch.save file")
-  prefix = pkls[0][: -len("data.pkl")]
-  order = "<"
-  if prefix + "byteorder" in zf.namelist():
-    order = "<" if zf.read(prefix + "byteorder").decode().strip() == "little" else ">"
-  storages: dict[str, _Storage] = {}
-  with zf.open(pkls[0]) as f:
-    obj = _TorchUnpickler(f, storages).load()
-  for key, s in storages.items():
-    raw = zf.read(f"{prefix}data/{key}")
-    dt = np.dtype(order + s.dtype)
-    if len(raw) < s.numel * dt.itemsize:
-      raise VMSError(f"{path}: storage {key} is shorter than its tensors; the file is corrupt")
-    s.data = np.frombuffer(raw, dt, count=s.numel)
-  return obj, storages
-
-
-def _torch_legacy(path: str, f: BinaryIO) -> tuple[Any, dict[str, _Storage]]:
-  head = f.read(4)
-  f.seek(0)
-  if head.startswith(b"PK"):
-    raise VMSError(
-      f"{path}: the zip archive is truncated or corrupt (no central directory); download the "
-      "file again"
-    )
-  try:
-    magic = _NoGlobals(f).load()
-  except Exception:
-    magic = None
-  if magic != _TORCH_MAGIC:
-    raise VMSError(
-      f"{path}: not a torch.save file (neither a zip nor the legacy format); the file is "
-      "corrupt or truncated, download it again"
-    )
-  _NoGlobals(f).load()  # protocol version
-  sys_info = _NoGlobals(f).load()
-  order = "<" if not isinstance(sys_info, dict) or sys_info.get("little_endian", True) else ">"
-  storages: dict[str, _Storage] = {}
-  obj = _TorchUnpickler(f, storages).load()
-  keys = _NoGlobals(f).load()
-  for key in keys:
-    s = storages.get(str(key))
-    if s is None:
-      raise VMSError(f"{path}: storage {key} is written but never used; the file is corrupt")
-    dt = np.dtype(order + s.dtype)
-    (numel,) = struct.unpack(order + "q", f.read(8))
-    raw = f.read(numel * dt.itemsize)
-    if numel < s.numel or len(raw) < numel * dt.itemsize:
-      raise VMSError(f"{path}: storage {key} is truncated; download the file again")
-    s.data = np.frombuffer(raw, dt, count=numel)
-  return obj, storages
-
-
-def _materialise(path: str, key: str, t: _TensorRef) -> np.ndarray:
-  arr = t.storage.array()
-  if any(n == 0 for n in t.size):
-    return np.zeros(t.size, arr.dtype)
-  last = t.offset + sum((n - 1) * s for n, s in zip(t.size, t.stride, strict=True))
-  if t.offset < 0 or any(s < 0 for s in t.stride) or last >= arr.size:
-    raise VMSError(f"{path}: tensor {key} points outside its storage; the file is corrupt")
-  view = np.lib.stride_tricks.as_strided(
-    arr[t.offset :], shape=t.size, strides=[s * arr.itemsize for s in t.stride], writeable=False
-  )
-  return np.array(view)  # own copy: the zip's buffer is not kept alive
-
-
-def _torch_state_dict(path: str) -> dict[str, np.ndarray]:
-  try:
-    if zipfile.is_zipfile(path):
-      with zipfile.ZipFile(path) as zf:
-        obj, _ = _torch_zip(path, zf)
-    else:
-      with open(path, "rb") as f:
-        obj, _ = _torch_legacy(path, f)
-  except VMSError:
-    raise
-  except pickle.UnpicklingError as e:
-    raise VMSError(
-      f"{path}: not a plain state dict ({e}); save it with torch.save(model.state_dict(), "
-      "PATH) or use torchvision's vgg16-397923af.pth"
-    ) from e
-  except Exception as e:  # BadZipFile, EOFError, struct.error, ... on damaged files
-    raise VMSError(
-      f"{path}: could not read the torch file ({type(e).__name__}: "
-      f"{' '.join(str(e).split())}); the file is corrupt or truncated, download it again"
-    ) from e
-  if not isinstance(obj, dict):
-    raise VMSError(f"{path}: holds a {type(obj).__name__}, not a state dict of tensors")
-  out = {}
-  for key, value in obj.items():
-    if not isinstance(value, _TensorRef):
-      raise VMSError(f"{path}: entry {key!r} is not a tensor; this is not a VGG-16 state dict")
-    out[str(key)] = _materialise(path, str(key), value)
-  return out
-
+# ------------------------------------------------------------ torchvision state dict -> trunk
 
 _TORCH_KEY = re.compile(r"^features\.(\d+)\.(weight|bias)$")
 
 
 def _load_pth(path: str) -> dict[str, dict[str, np.ndarray]]:
-  sd = _torch_state_dict(path)
+  sd = weights_torch.read_state_dict(path)
   index_to_name = dict(zip(TORCH_FEATURE_INDICES, vgg16.LAYER_NAMES, strict=True))
   layers: dict[str, dict[str, np.ndarray]] = {}
   others = []
@@ -594,7 +253,7 @@ def load_vgg16(path: str | os.PathLike) -> VGGWeights:
     raise VMSError(f"{path}: no such file; pass the path of a VGG-16 .h5, .pth or .npz")
   ext = os.path.splitext(path)[1].lower()
   if ext in (".h5", ".hdf5"):
-    layers, source = _load_h5(path)
+    layers, source = weights_keras.read_h5(path)
     preprocessing = "caffe"
   elif ext in (".pth", ".pt"):
     layers, source, preprocessing = _load_pth(path), "torchvision-pth", "torch"

@@ -1,4 +1,4 @@
-"""`vmsjax study {categories,scores,latent}`: memorability studies (see vmsjax/analysis.py).
+"""`vmsjax study {categories,scores,latent}`: memorability studies (see vmsjax/studies/).
 
 vmsjax study categories --workdir W --predict DATASET:SPLIT --truth DATASET:SPLIT --out DIR
 vmsjax study scores --workdir W --data DATASET:SPLIT [--scores CSV] [--subset N] --out DIR
@@ -64,20 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   _sampling(lat)
 
 
-def _split_spec(text: str, flag: str) -> tuple[str, str]:
-  from vmsjax.errors import VMSError
-
-  name, sep, split = text.partition(":")
-  if not sep or not name or not split:
-    raise VMSError(
-      f"{flag} {text!r}: expected DATASET:SPLIT, e.g. synthetic:test or synthetic:train+test"
-    )
-  return name, split
-
-
 def run(args: argparse.Namespace) -> int:
-  from vmsjax import analysis, inference
-  from vmsjax.data import pipeline
+  from vmsjax import inference
+  from vmsjax.studies import runners, sources
 
   workdir = Path(args.workdir)
   # Ground-truth-only studies (`scores --maps truth`) need no model: with --data_dir
@@ -86,10 +75,8 @@ def run(args: argparse.Namespace) -> int:
   out = Path(args.out) if args.out else workdir / "studies" / args.study
 
   def open_spec(text: str, flag: str):
-    name, splits = _split_spec(text, flag)
     # "train+test" reads several splits as one source.
-    sources = [pipeline.open_split(name, split, data_dir) for split in splits.split("+")]
-    return sources[0] if len(sources) == 1 else analysis.ConcatSource(sources)
+    return sources.open_spec(text, data_dir, flag)
 
   def warn(line: str) -> None:
     print(f"vmsjax: {line}", file=sys.stderr)
@@ -98,11 +85,11 @@ def run(args: argparse.Namespace) -> int:
     predict_source = open_spec(args.predict, "--predict")
     truth_source = open_spec(args.truth, "--truth")
     trained = inference.load(workdir, args.checkpoint)
-    report = analysis.run_categories(trained, predict_source, truth_source, out)
+    report = runners.run_categories(trained, predict_source, truth_source, out)
   elif args.study == "scores":
     source = open_spec(args.data, "--data")
     trained = inference.load(workdir, args.checkpoint) if args.maps == "predicted" else None
-    report = analysis.run_scores(
+    report = runners.run_scores(
       trained,
       source,
       out,
@@ -116,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
   else:
     source = open_spec(args.data, "--data")
     trained = inference.load(workdir, args.checkpoint)
-    report = analysis.run_latent(
+    report = runners.run_latent(
       trained, source, out, method=args.method, maps=args.maps, subset=args.subset, seed=args.seed
     )
   print((out / f"{report['study']}.md").read_text(), end="")

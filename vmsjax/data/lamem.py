@@ -42,8 +42,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from vmsjax.data import images, schema
+from vmsjax.data.manual import ManualBuilder
 from vmsjax.data.synthetic import png_bytes
-from vmsjax.data.vischema import ManualBuilder
 from vmsjax.errors import VMSError
 
 SPLITS = ("train", "val", "test")

@@ -7,16 +7,13 @@ and five 2x2 max-pools: an (H, W) image becomes an (H/32, W/32, 512) feature map
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
-
-if TYPE_CHECKING:  # vmsjax.weights imports this module; only the type is needed here
-  from vmsjax.weights import VGGWeights
 
 # (block, number of convolutions, channels) of VGG-16 "configuration D".
 BLOCKS: tuple[tuple[int, int, int], ...] = (
@@ -37,6 +34,24 @@ CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)  # Keras: BGR order, 0-255 scale
 TORCH_MEAN = (0.485, 0.456, 0.406)  # torchvision: RGB order, 0-1 scale
 TORCH_STD = (0.229, 0.224, 0.225)
 PREPROCESSING: tuple[str, ...] = ("caffe", "torch")
+
+
+class TrunkWeights(Protocol):
+  """What `features` needs of loaded weights, e.g. a `vmsjax.weights.VGGWeights`.
+
+  A protocol rather than that class: vmsjax.weights imports this module, so this
+  module must not import it back. Read-only members, so frozen dataclasses match.
+  """
+
+  @property
+  def params(self) -> Mapping[str, Any]:
+    """The `VGG16Trunk` params."""
+    ...
+
+  @property
+  def preprocessing(self) -> str:
+    """The input preprocessing they were trained with, one of `PREPROCESSING`."""
+    ...
 
 
 def preprocess(images: jnp.ndarray, mode: str) -> jnp.ndarray:
@@ -131,7 +146,7 @@ def _random_params(key: jax.Array) -> dict[str, dict[str, jnp.ndarray]]:
   return VGG16Trunk().init(key, jnp.zeros((1, STRIDE, STRIDE, 3), jnp.float32))["params"]
 
 
-def features(weights: VGGWeights, images_uint8: jnp.ndarray) -> jnp.ndarray:
+def features(weights: TrunkWeights, images_uint8: jnp.ndarray) -> jnp.ndarray:
   """Trunk features of RGB images, preprocessed the way `weights` were trained.
 
   The preprocessing comes from the weights themselves, so Keras weights always see Caffe
