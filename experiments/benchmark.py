@@ -216,18 +216,19 @@ def time_calls(
 
 class Phases:
   """The jitted function and inputs of each model phase for one config: `<phase>_fn()`
-  gives (jitted function, its arguments, whether it donates argument 0, a train state).
+  gives (jitted function, its arguments, whether it donates argument 0: a train state).
 
   Args:
     config: the run's config (`make_config`).
     batch_per_device: images per device per call.
     setup: what the phases run (default: `factory.build(config)`, as `vmsjax train`).
-    micro_batch: images per trunk call in the encoder phase (default: `pixels.encode`'s).
+  Attribute `micro_batch`: the encoder phase's `pixels.encode` micro-batch (None: its own).
   """
 
-  def __init__(self, config, batch_per_device: int, setup=None, micro_batch: int | None = None):
-    self.config, self.micro_batch = config, micro_batch
-    self.setup: factory.Setup = factory.build(config) if setup is None else setup
+  def __init__(self, config, batch_per_device: int, setup: factory.Setup | None = None):
+    self.config, self.micro_batch = config, None
+    self.setup = factory.build(config) if setup is None else setup
+    self.aux = {"encoder": self.setup.enc_params}  # the step's, for pixels sent by the host
     self.batch = batch_per_device * jax.device_count()
     rng, s, split = np.random.default_rng(0), config.data.image_size, self.setup.split
     self.images = jax.device_put(rng.integers(0, 256, (self.batch, s, s, 3), np.uint8), split)
@@ -257,11 +258,10 @@ class Phases:
     return fn, (setup.enc_params, images), False
 
   def train_fn(self):
-    """The real training step on pixels, a group of one."""
+    """The real training step on pixels sent by the host, a group of one."""
     fn = step.jit_step(self.config, self.setup, 1)
     states, members = self.group()
-    batch = {"image": self.images, "vms": self.vms}
-    return fn, (states, self.setup.enc_params, batch, members), True
+    return fn, (states, self.aux, {"image": self.images, "vms": self.vms}, members), True
 
   def head_fn(self):
     """`step.head_step` vmapped over a group of one on random trunk-shaped features."""

@@ -215,10 +215,10 @@ def main(argv=None) -> int:
   args.data_dir = str(Path(args.data_dir).absolute())
   args.workroot = args.workroot.absolute()
 
-  from vmsjax.data import pipeline
+  from vmsjax.data import catalogue
 
-  if not pipeline.is_built("synthetic", args.data_dir):
-    pipeline.build("synthetic", args.data_dir)
+  if not catalogue.is_built("synthetic", args.data_dir):
+    catalogue.build("synthetic", args.data_dir)
   reports = []
   for cache, views in modes:
     print(f"cache_seeds: sweep with features.cache={cache}, K={views}", file=sys.stderr)

@@ -58,14 +58,13 @@ def _config(args, model: str, mode: str, dtype: str = "float32"):
 
 def _seconds_per_step(workdir: Path) -> float:
   """Steady-state seconds a step, from metrics.jsonl times (first logged block skipped:
-  it holds the compilation)."""
+  it holds the compilation); NaN with fewer than three logged blocks."""
+  every = json.loads((workdir / "config.json").read_text())["log"]["every_steps"]
   recs = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   recs = [r for r in recs if r.get("split") == "train"]
-  # Steps logged together share a flush time: use the flush boundaries.
-  times: dict[float, int] = {}
-  for r in recs:
-    times[r["time"]] = max(times.get(r["time"], 0), r["step"])
-  flushes = sorted((step, t) for t, step in times.items())
+  # A block's records are written together once its last step is done: time the blocks'
+  # last records (each record has its own write time, microseconds apart in a block).
+  flushes = [(r["step"], r["time"]) for r in recs if r["step"] % every == 0]
   if len(flushes) < 3:
     return float("nan")
   (s0, t0), (s1, t1) = flushes[0], flushes[-1]
@@ -107,12 +106,12 @@ def _build(args, dtype: str = "float32") -> float:
   import jax
 
   from vmsjax import cache, factory
-  from vmsjax.data import pipeline
+  from vmsjax.data import catalogue
 
   config = _config(args, "m32", "memory", dtype)
-  source = pipeline.open_split(config.data.name, "train", config.data.data_dir)
+  source = catalogue.open_split(config.data.name, "train", config.data.data_dir)
   t0 = time.perf_counter()
-  fingerprint = pipeline.dataset_record(config.data.name, config.data.data_dir)["fingerprint"]
+  fingerprint = catalogue.dataset_record(config.data.name, config.data.data_dir)["fingerprint"]
   enc = jax.device_put(factory.encoder_params(config))
   fc = cache.open_or_build(config, source, fingerprint, enc)
   wall = time.perf_counter() - t0
@@ -154,10 +153,10 @@ def main(argv=None) -> int:
     shutil.rmtree(args.workroot / "feature_cache", ignore_errors=True)  # time a fresh build
   args.workroot.mkdir(parents=True, exist_ok=True)
 
-  from vmsjax.data import pipeline
+  from vmsjax.data import catalogue
 
-  if not pipeline.is_built("synthetic", args.data_dir):
-    pipeline.build("synthetic", args.data_dir)
+  if not catalogue.is_built("synthetic", args.data_dir):
+    catalogue.build("synthetic", args.data_dir)
   models = args.models.split(",")
   rows, builds = [], {}
   for mode in args.modes.split(","):

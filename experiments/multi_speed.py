@@ -28,7 +28,6 @@ Target: N = 8 together in at most 2.5x the time of one (docs/speed.md has the fi
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import platform
 import statistics
@@ -44,7 +43,7 @@ import jax.numpy as jnp
 from vmsjax import config as config_lib
 from vmsjax import factory, hostmem, inputs, records, step
 from vmsjax import train as train_lib
-from vmsjax.data import pipeline
+from vmsjax.data import catalogue
 
 
 def machine() -> dict:
@@ -97,9 +96,10 @@ def step_speed(configs, args) -> dict:
   config = configs[0]
   source = inputs.open_training_data(config)
   setup = factory.build(config)
-  fingerprint = pipeline.dataset_record(config.data.name, config.data.data_dir)["fingerprint"]
+  fingerprint = catalogue.dataset_record(config.data.name, config.data.data_dir)["fingerprint"]
   feed = inputs.open_inputs(config, source, fingerprint, setup)
-  batches = list(itertools.islice(feed.device_batches(0, setup.split), args.steps))
+  reader = feed.reader(0, setup.mesh)
+  batches = [reader.take() for _ in range(args.steps)]
   groups = {"alone": configs[:1], "group": configs}
   fns = {k: step.jit_step(config, setup, len(g)) for k, g in groups.items()}
   members = {k: jax.device_put(step.members(g), setup.repl) for k, g in groups.items()}
@@ -177,8 +177,8 @@ def main(argv=None) -> int:
 
   configs = _configs(args)
   data = configs[0].data
-  if not pipeline.is_built(data.name, data.data_dir):  # before anything is timed
-    pipeline.build(data.name, data.data_dir)
+  if not catalogue.is_built(data.name, data.data_dir):  # before anything is timed
+    catalogue.build(data.name, data.data_dir)
   env = machine()
   results = []
   if "step" in phases:

@@ -1,32 +1,27 @@
 """The whole paper in one place: train the Table 1 models, evaluate them, run every study,
 and write one report (Markdown + JSON, with its figures beside it).
 
-This script decides what each section runs, on which data, and runs it: the sweep
-(vmsjax.sweep: grouping, feature cache, resume), the evaluations (vmsjax.evaluate, beside
-the centre-bias and GBVS baselines) and the studies (vmsjax.studies) of the best model.
-experiments/paper_report.py turns their results into the report's sections (the list,
-with the paper's section of each, is there) and writes it; docs/paper.md says it all.
-Each section records the equivalent `vmsjax` command lines. Rerunning the same command
-trains nothing that is trained, evaluates nothing that is evaluated with the asked
-baselines, and reruns a study only when its model, data or options changed.
-
-Run (docs/paper.md):
+This script decides what each section runs, on which data, and runs it: the sweep, the
+evaluations and the best model's studies, through the library (vmsjax.sweep,
+vmsjax.evaluate, vmsjax.studies); experiments/paper_report.py turns the results into
+the report's sections and writes it. Rerunning the same command trains, evaluates and
+studies only what is not done, with these options, already (docs/paper.md).
 
   python experiments/paper.py --workdir runs/paper --data_dir data \
       --weights /path/to/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5
   python experiments/paper.py --dataset synthetic --tiny --workdir runs/paper_tiny \
       --data_dir data
 
-Writes WORKDIR/paper.md, WORKDIR/paper.json, WORKDIR/figures/*.png; the runs go in
+Writes WORKDIR/paper.{md,json} and WORKDIR/figures/*.png; the runs go in
 WORKDIR/runs/<model>/ and each study's own files in WORKDIR/studies/<section>/.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import re
-import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -94,9 +89,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     metavar="KEY=VALUE",
     help="a config override for every model, applied last (repeatable)",
   )
-  p.add_argument(
-    "--skip_train", action="store_true", help="train nothing: report the runs already trained"
-  )
+  p.add_argument("--skip_train", action="store_true", help="train nothing: report the runs there")
   p.add_argument("--baselines", default="centre,gbvs", help="evaluation baselines")
   p.add_argument("--best", default=None, help="the model the studies use (default: best rho2D)")
   p.add_argument(
@@ -186,21 +179,11 @@ def table1_section(ctx: Context) -> dict:
     preflight(ctx)
     ctx.log(f"sweep {ctx.spec} in {ctx.runs} (trains and evaluates what is not done)")
     sweep_report = sweep.run(ctx.spec, ctx.runs, ctx.extra, baselines=ctx.baseline_functions)
-  failed = {
-    p["name"]: p.get("error", "")
-    for p in (sweep_report or {}).get("points", [])
-    if p["status"] == "failed"
-  }
+  points = (sweep_report or {}).get("points", [])
+  failed = {p["name"]: p.get("error", "") for p in points if p["status"] == "failed"}
   rows, evals = [], {}
   for p, c, d in zip(ctx.sweep.points, ctx.configs, ctx.dirs, strict=True):
-    row: dict[str, Any] = {
-      "name": p.name,
-      "label": p.label,
-      "workdir": str(d),
-      "config": str(d / "config.json"),
-      "overrides": sweep.point_overrides(p, ctx.extra),
-      "steps": config_lib.total_steps(c),
-    }
+    row = paper_report.model(p, d, sweep.point_overrides(p, ctx.extra), config_lib.total_steps(c))
     if p.name in failed:
       row.update(status="failed", reason=f"training failed: {failed[p.name]}")
     elif not sweep.trained(d, c):
@@ -218,7 +201,6 @@ def table1_section(ctx: Context) -> dict:
   done = [r for r in rows if r["status"] == "done"]
   best = (ctx.args.best or max(done, key=paper_report.rho_all)["name"]) if done else None
   ctx.evals, ctx.best = evals, best
-  sweep_argv = ["vmsjax", "sweep", ctx.spec, "--workdir", str(ctx.runs)]
   return paper_report.table1(
     rows,
     evals,
@@ -226,21 +208,16 @@ def table1_section(ctx: Context) -> dict:
     "--best" if ctx.args.best else "highest rho2D(all)",
     sweep=ctx.spec,
     base_config=ctx.config_spec,
+    runs=ctx.runs,
+    extra=ctx.extra,
     baselines=ctx.baselines,
-    commands=[shlex.join(sweep_argv + [a for o in ctx.extra for a in ("--set", o)])],
     train_commands=sweep.commands(ctx.sweep, ctx.config_spec, ctx.runs, ctx.extra),
   )
 
 
 def table2_section(ctx: Context) -> dict:
-  """The best model's categories; its figure is copied into WORKDIR/figures."""
-  ev = ctx.evals[ctx.best]
   row = next(r for r in ctx.sections["table1"]["models"] if r["name"] == ctx.best)
-  figure = None
-  if ev["categories"]:
-    src = Path(row["workdir"]) / "eval" / ev["files"]["figure"]
-    figure = paper_report.copy_figure(src, ctx.workdir, "figure4_categories.png")
-  return paper_report.table2(ev, row, ctx.baselines, figure)
+  return paper_report.table2(ctx.evals[ctx.best], row, ctx.baselines, ctx.workdir)
 
 
 def saliency_section(ctx: Context) -> dict:
@@ -249,10 +226,10 @@ def saliency_section(ctx: Context) -> dict:
 
 def vischema2_section(ctx: Context) -> dict:
   """Predicted VISCHEMA2 category scores against the ground-truth VISCHEMA ones."""
-  name, data_dir = ctx.data_name, ctx.data_dir
+  name, data_dir = ctx.data.name, ctx.data.data_dir
   note = {}
-  if name.partition("/")[0] == "synthetic":
-    predict, truth = f"{name}:{ctx.eval_split}", f"{name}:train"
+  if ctx.synthetic:
+    predict, truth = f"{name}:{ctx.data.eval_split}", f"{name}:train"
     note["note"] = (
       "the synthetic set has no VISCHEMA2: its stand-in is the predicted maps of the "
       "synthetic evaluation split against the ground-truth maps of its training split"
@@ -268,9 +245,7 @@ def vischema2_section(ctx: Context) -> dict:
   out = ctx.studies / "vischema2"
 
   def run() -> dict:
-    return runners.run_categories(
-      ctx.trained(), ctx.open(predict), ctx.open(truth), out, log=ctx.log
-    )
+    return runners.run_categories(ctx.trained, ctx.open(predict), ctx.open(truth), out, log=ctx.log)
 
   chosen = {"predict": predict, "truth": truth}
   argv = ["--predict", predict, "--truth", truth]
@@ -283,25 +258,25 @@ def lamem_section(ctx: Context) -> dict:
   """Map scores of a seeded LaMem subset against LaMem's memorability scores."""
   spec = ctx.args.lamem
   if spec is None:
-    if pipeline.is_built("lamem", ctx.data_dir):
+    if pipeline.is_built("lamem", ctx.data.data_dir):
       # Sorted by id and drawn with default_rng(seed): with 10,000 and seed 0 these are
       # the images of the lamem/subset10k build.
       spec = "lamem:train+val+test"
-    elif pipeline.is_built("lamem/subset10k", ctx.data_dir):
+    elif pipeline.is_built("lamem/subset10k", ctx.data.data_dir):
       spec = "lamem/subset10k:test"
     else:
       return {
         "status": "skipped",
-        "reason": f"LaMem is not built in {ctx.data_dir} (looked for lamem and "
+        "reason": f"LaMem is not built in {ctx.data.data_dir} (looked for lamem and "
         f"lamem/subset10k); build it with `vmsjax data build lamem --manual_dir DIR "
-        f"--data_dir {ctx.data_dir}` (docs/data.md)",
+        f"--data_dir {ctx.data.data_dir}` (docs/data.md)",
       }
   out = ctx.studies / "lamem"
   subset, seed = ctx.args.lamem_subset, ctx.args.seed
 
   def run() -> dict:
     return runners.run_scores(
-      ctx.trained(), ctx.open(spec), out, subset=subset, seed=seed, log=ctx.log, warn=ctx.log
+      ctx.trained, ctx.open(spec), out, subset=subset, seed=seed, log=ctx.log, warn=ctx.log
     )
 
   chosen = {"data": spec, "subset": subset, "seed": seed}
@@ -311,72 +286,65 @@ def lamem_section(ctx: Context) -> dict:
 
 def external_section(ctx: Context) -> dict:
   """Map scores against an external predictor's, per dataset its CSV has images of."""
-  csv_path = ctx.args.external_scores
-  if not csv_path:
+  csv = ctx.args.external_scores
+  if not csv:
     return {
       "status": "skipped",
       "reason": "no --external_scores CSV given (an external predictor's per-image scores, "
       "e.g. AMNet's, as `id,score` lines)",
     }
   column = ctx.args.external_column
-  ids = set(reference.read_scores_csv(csv_path, column))  # a bad CSV fails here, once
-  digest = hashlib.sha256(Path(csv_path).read_bytes()).hexdigest()
+  ids = set(reference.read_scores_csv(csv, column))  # a bad CSV fails here, once
+  digest = hashlib.sha256(Path(csv).read_bytes()).hexdigest()
   specs = ctx.args.external_data
   if not specs:
-    if ctx.data_name.partition("/")[0] == "synthetic":
-      specs = [f"{ctx.data_name}:{ctx.eval_split}"]
+    if ctx.synthetic:
+      specs = [f"{ctx.data.name}:{ctx.data.eval_split}"]
     else:
-      specs = [f"{ctx.data_name}:train+test"]
-      if pipeline.is_built("vischema2", ctx.data_dir):
+      specs = [f"{ctx.data.name}:train+test"]
+      if pipeline.is_built("vischema2", ctx.data.data_dir):
         specs.append("vischema2:test")
   studies = []
   for spec in specs:
     out = ctx.studies / "external" / re.sub(r"[^A-Za-z0-9_.+-]+", "_", spec).strip("_")
+    why = ""
     try:
       source = ctx.open(spec)
+      if not ids & set(sources.source_ids(source)):
+        why = f"no id of {csv} is an image of {spec}"
     except VMSError as e:  # e.g. a dataset that is not built: that one is skipped
-      studies.append({"data": spec, "files": str(out), "status": "skipped", "reason": str(e)})
-      continue
-    if not ids & set(sources.source_ids(source)):
-      why = f"no id of {csv_path} is an image of {spec}"
+      why = str(e)
+    if why:
       studies.append({"data": spec, "files": str(out), "status": "skipped", "reason": why})
       continue
 
     def run(source=source, out=out) -> dict:
       return runners.run_scores(
-        ctx.trained(),
-        source,
-        out,
-        scores_csv=csv_path,
-        score_column=column,
-        log=ctx.log,
-        warn=ctx.log,
+        ctx.trained, source, out, scores_csv=csv, score_column=column, log=ctx.log, warn=ctx.log
       )
 
-    chosen = {"data": spec, "csv": str(csv_path), "sha256": digest, "column": column}
-    argv = ["--data", spec, "--scores", csv_path, *(["--score_column", column] if column else [])]
+    chosen = {"data": spec, "csv": str(csv), "sha256": digest, "column": column}
+    argv = ["--data", spec, "--scores", csv, *(["--score_column", column] if column else [])]
     keep = ("images", "spearman", "per_category", "images_without_score")
     studies.append(ctx.study("scores", out, argv, chosen, run, keep, data=spec))
-  return paper_report.external(csv_path, studies)
+  return paper_report.external(csv, studies)
 
 
 def latent_section(ctx: Context) -> dict:
   """The best model's latent means in 2-D, on VISCHEMA2 (the paper's Fig. 6) if built."""
   note = {}
-  if ctx.data_name.partition("/")[0] != "synthetic" and pipeline.is_built(
-    "vischema2", ctx.data_dir
-  ):
+  if not ctx.synthetic and pipeline.is_built("vischema2", ctx.data.data_dir):
     spec = "vischema2:test"  # the paper's Fig. 6
   else:
-    spec = f"{ctx.data_name}:{ctx.eval_split}"
-    if ctx.data_name.partition("/")[0] != "synthetic":
-      note["note"] = f"vischema2 is not built in {ctx.data_dir}: the latent space of {spec}"
+    spec = f"{ctx.data.name}:{ctx.data.eval_split}"
+    if not ctx.synthetic:
+      note["note"] = f"vischema2 is not built in {ctx.data.data_dir}: the latent space of {spec}"
   out = ctx.studies / "latent"
   method, seed = ctx.args.latent_method, ctx.args.seed
 
   def run() -> dict:
     return runners.run_latent(
-      ctx.trained(), ctx.open(spec), out, method=method, seed=seed, log=ctx.log
+      ctx.trained, ctx.open(spec), out, method=method, seed=seed, log=ctx.log
     )
 
   chosen = {"data": spec, "method": method, "seed": seed}
@@ -407,30 +375,27 @@ class Context:
     self.baselines = evaluate.parse_baselines(args.baselines)
     # Every model is evaluated on the same images: each baseline is computed once.
     self.baseline_functions = evaluate.baseline_functions(self.baselines, memoise=True)
-    first = self.configs[0]
-    self.data_name = first.data.name
-    self.data_dir = first.data.data_dir
-    self.eval_split = first.data.eval_split
+    # The data of the first model: Table 1's models differ in model and loss only.
+    self.data = self.configs[0].data
+    self.synthetic = self.data.name.partition("/")[0] == "synthetic"
     self.sections: dict[str, dict] = {}
     self.evals: dict[str, dict] = {}
     self.best: str | None = None
-    self._trained = None
 
   def best_run(self) -> tuple[Path, Any, int]:
     """The best model's workdir, config and last step."""
     i = [p.name for p in self.sweep.points].index(self.best)
     return self.dirs[i], self.configs[i], config_lib.total_steps(self.configs[i])
 
+  @functools.cached_property
   def trained(self):
-    """The best model's last checkpoint, restored once for all the studies."""
-    if self._trained is None:
-      workdir, _, step = self.best_run()
-      self._trained = inference.load(workdir, step)
-    return self._trained
+    """The best model's last checkpoint, restored once for all the studies (if any runs)."""
+    workdir, _, step = self.best_run()
+    return inference.load(workdir, step)
 
   def open(self, spec: str):
     """`DATASET:SPLIT[+SPLIT...]` as one source, as `vmsjax study` reads it."""
-    return sources.open_spec(spec, self.data_dir)
+    return sources.open_spec(spec, self.data.data_dir)
 
   def study(
     self,
@@ -443,26 +408,25 @@ class Context:
     figure: str | None = None,
     **fields: Any,
   ) -> dict:
-    """Study `name` (`vmsjax study NAME`) of the best model into `out`, as a done section.
+    """Study `name` (`vmsjax study NAME ARGV`) of the best model into `out`, as a section.
 
-    `run` runs it with the data and options `chosen` (`argv` on the command line), unless
-    this model, data dir and `chosen` made the report in `out` (`runners.cached`). The
-    section keeps `fields`, the numbers `keep` of the report (`paper_report.study`) and
-    the figure out/NAME.png, copied to WORKDIR/figures/`figure` if given.
+    `run` runs it with the data and options `chosen`, unless they, this model and data dir
+    made the report in `out` (`runners.cached`). The section: `fields`, the report's `keep`
+    (`paper_report.study`), and out/NAME.png as WORKDIR/figures/`figure` if given.
     """
     workdir, config, step = self.best_run()
     key = {
       "workdir": str(workdir.resolve()),
       "checkpoint": step,
       "config": config_lib.fingerprint(config),
-      "data_dir": str(self.data_dir),
+      "data_dir": str(self.data.data_dir),
       **chosen,
     }
     report = runners.cached(name, out, key, run, self.log)
     if figure:
       fields["figure"] = paper_report.copy_figure(out / f"{name}.png", self.workdir, figure)
     argv = ["--workdir", str(workdir), "--checkpoint", str(step), *argv]
-    argv += ["--data_dir", str(self.data_dir), "--out", str(out)]
+    argv += ["--data_dir", str(self.data.data_dir), "--out", str(out)]
     return paper_report.study(name, report, out, argv, keep, **fields)
 
 
@@ -485,7 +449,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], log=None) -> dict:
 
   ctx = Context(args, say)
   ctx.workdir.mkdir(parents=True, exist_ok=True)
-  report = paper_report.new(argv, ctx.data_name, ctx.data_dir, ctx.workdir, ctx.sections)
+  report = paper_report.new(argv, ctx.data.name, ctx.data.data_dir, ctx.workdir, ctx.sections)
   for name in paper_report.SECTIONS:
     if name != "table1" and ctx.best is None:
       ctx.sections[name] = {"status": "skipped", "reason": "no trained model (see table1)"}
@@ -516,9 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except VMSError as e:
     print(f"paper: {e}", file=sys.stderr)
     return 2
-  out = Path(args.workdir)
-  figures = f" and {out / 'figures'}/" if (out / "figures").is_dir() else ""
-  print(f"written {out / 'paper.md'}, {out / 'paper.json'}{figures}")
+  print(f"written {paper_report.written(Path(args.workdir))}")
   failed = paper_report.failed(report)
   if failed:
     print(f"paper: failed: {', '.join(failed)}", file=sys.stderr)

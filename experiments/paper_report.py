@@ -36,6 +36,7 @@ from typing import Any
 
 from vmsjax import eval_report, metrics, records
 from vmsjax.studies import report as study_report
+from vmsjax.sweep import Point
 
 SECTIONS = ("table1", "table2", "saliency", "vischema2", "lamem", "external", "latent")
 TITLES = {
@@ -71,6 +72,18 @@ def _summary(s: dict) -> dict:
   return {k: s.get(k) for k in keys}
 
 
+def model(point: Point, workdir: Path, overrides: list[str], steps: int) -> dict[str, Any]:
+  """A Table 1 model's row before its status: the sweep's `point`, trained in `workdir`."""
+  return {
+    "name": point.name,
+    "label": point.label,
+    "workdir": str(workdir),
+    "config": str(workdir / "config.json"),
+    "overrides": overrides,
+    "steps": steps,
+  }
+
+
 def evaluated(ev: dict, eval_json: Path) -> dict:
   """A Table 1 model's fields once evaluated: `ev` is its report, stored at `eval_json`."""
   return {
@@ -98,8 +111,9 @@ def table1(
   *,
   sweep: str,
   base_config: str,
+  runs: Path,
+  extra: Sequence[str],
   baselines: Sequence[str],
-  commands: list[str],
   train_commands: list[str],
 ) -> dict:
   """Table 1: a row per model (`evaluated`, or a status and a reason), and the baselines.
@@ -110,10 +124,13 @@ def table1(
     best: the model the other sections use; None when no model is done.
     best_rule: how `best` was chosen.
     sweep: the sweep file and its args; `base_config` its config.
+    runs: the sweep's folder.
+    extra: the overrides given to every model.
     baselines: the baselines asked for.
-    commands: the `vmsjax sweep` line; a `vmsjax evaluate` line per model is added.
     train_commands: a `vmsjax train` line per model.
   """
+  sweep_argv = ["vmsjax", "sweep", sweep, "--workdir", str(runs)]
+  sweep_argv += [a for o in extra for a in ("--set", o)]
   evaluate_argv = ["--baselines", ",".join(baselines)]
   section: dict[str, Any] = {
     "status": "failed" if best is None else "done",
@@ -121,7 +138,7 @@ def table1(
     "base_config": base_config,
     "baselines_requested": list(baselines),
     "models": rows,
-    "commands": commands
+    "commands": [shlex.join(sweep_argv)]
     + [shlex.join(["vmsjax", "evaluate", "--workdir", r["workdir"], *evaluate_argv]) for r in rows],
     "train_commands": train_commands,
   }
@@ -140,10 +157,10 @@ def table1(
   return section | {"best": best, "best_rule": best_rule, "baselines": baseline_cells}
 
 
-def table2(ev: dict, row: dict, baselines: Sequence[str], figure: str | None) -> dict:
+def table2(ev: dict, row: dict, baselines: Sequence[str], workdir: Path) -> dict:
   """Table 2 and Figure 4 of the best model: `ev` is its evaluation, `row` its Table 1 row.
 
-  `figure` is its category figure's path in the report (None when it has no categories).
+  Its category figure is copied into WORKDIR/figures (`workdir` is the report's).
   """
   section: dict[str, Any] = {
     "model": row["name"],
@@ -158,6 +175,8 @@ def table2(ev: dict, row: dict, baselines: Sequence[str], figure: str | None) ->
     cat: {"images": v["images"], **{ch: v["model"][ch]["rho2d"] for ch in CHANNELS}}
     for cat, v in ev["categories"]["leaf"].items()
   }
+  src = Path(row["workdir"]) / "eval" / ev["files"]["figure"]
+  figure = copy_figure(src, workdir, "figure4_categories.png")
   return section | {
     "status": "done",
     "table2": eval_report.table2_cells(ev),
@@ -215,13 +234,6 @@ def study(
   }
 
 
-def copy_figure(src: Path, workdir: Path, name: str) -> str:
-  """Copies a figure into WORKDIR/figures as `name`; returns its path in the report."""
-  (workdir / "figures").mkdir(parents=True, exist_ok=True)
-  shutil.copyfile(src, workdir / "figures" / name)
-  return f"figures/{name}"
-
-
 def external(csv_path: str | Path, studies: list[dict]) -> dict:
   """The external scores' section: done when the study of one dataset at least is."""
   done = [s for s in studies if s["status"] == "done"]
@@ -232,6 +244,10 @@ def external(csv_path: str | Path, studies: list[dict]) -> dict:
       "reason": "; ".join(f"{s['data']}: {s['reason']}" for s in studies),
     }
   return section | {"status": "done", "commands": [c for s in done for c in s["commands"]]}
+
+
+# ---------------------------------------------------------------------------------------
+# The report and its files
 
 
 def new(
@@ -253,6 +269,13 @@ def new(
   }
 
 
+def copy_figure(src: Path, workdir: Path, name: str) -> str:
+  """Copies a figure into WORKDIR/figures as `name`; returns its path in the report."""
+  (workdir / "figures").mkdir(parents=True, exist_ok=True)
+  shutil.copyfile(src, workdir / "figures" / name)
+  return f"figures/{name}"
+
+
 def failed(report: dict) -> list[str]:
   """What failed: the sections, then the Table 1 models (`table1 model NAME`)."""
   out = [n for n, s in report["sections"].items() if s["status"] == "failed"]
@@ -261,6 +284,12 @@ def failed(report: dict) -> list[str]:
     for m in report["sections"]["table1"].get("models", [])
     if m["status"] == "failed"
   ]
+
+
+def written(workdir: Path) -> str:
+  """What `write` wrote in `workdir`, and the figures folder if there is one."""
+  figures = f" and {workdir / 'figures'}/" if (workdir / "figures").is_dir() else ""
+  return f"{workdir / 'paper.md'}, {workdir / 'paper.json'}{figures}"
 
 
 def write(report: dict, workdir: Path) -> dict:

@@ -88,7 +88,7 @@ def parse_variant(text: str) -> Variant:
   """'lax+whole' -> Variant; a ValueError names an unknown or doubled part."""
   names = [n for n in text.split("+") if n != "base"]
   forms = [n for n in names if n in conv_transpose.FORMS]
-  trunks = [TRUNK_FORM.fullmatch(n) for n in names if TRUNK_FORM.fullmatch(n)]
+  trunks = [m for m in map(TRUNK_FORM.fullmatch, names) if m]
   if not text or len(forms) + len(trunks) != len(names):
     raise ValueError(
       f"unknown variant {text!r}; parts are base, {', '.join(conv_transpose.FORMS)}, whole, chunkN"
@@ -102,17 +102,19 @@ def parse_variant(text: str) -> Variant:
 
 
 def variant_step(config, setup: factory.Setup, micro_batch: int | None):
-  """`step.make_step`'s step(states, enc_params, batch, members) on pixels, with the trunk
-  over `micro_batch` images at a time (None: `step.make_step` itself)."""
+  """`step.make_step`'s step(states, aux, batch, members) on pixels sent by the host
+  (float maps), with the trunk over `micro_batch` images at a time (None:
+  `step.make_step` itself). tests/test_benchmark.py checks it traces to make_step's
+  program at tuning's micro-batch."""
   if micro_batch is None:
     return step.make_step(config, setup)
   data_root = jax.random.key(factory.data_seed(config))
 
-  def run(states, enc_params, batch, group):
+  def run(states, aux, batch, group):
     k = states.step[0]
     k_augment, _ = step.step_keys(data_root, k)
     image, vms = pixels.augmented_inputs(config, k_augment, batch)
-    feats = pixels.encode(config, setup.encoder, enc_params, image, micro_batch=micro_batch)
+    feats = pixels.encode(config, setup.encoder, aux["encoder"], image, micro_batch=micro_batch)
 
     def one(state, key_data, hyper):
       _, k_latent = step.step_keys(jax.random.wrap_key_data(key_data), k)
@@ -162,7 +164,7 @@ class VariantPhases(benchmark.Phases):
       donate_argnums=(0,),
     )
     states, members = self.group()
-    return fn, (states, s.enc_params, {"image": self.images, "vms": self.vms}, members), True
+    return fn, (states, self.aux, {"image": self.images, "vms": self.vms}, members), True
 
   def eval_fn(self):
     """Prediction: inference's function with the variant's model, or `variant_maps`."""
@@ -191,8 +193,9 @@ def decoder_layers(config) -> list[tuple[str, tuple[int, int, int, int], int]]:
   return out
 
 
-def layer_call(ph: benchmark.Phases, layer: str) -> Callable[[], None]:
-  """One decoder layer's transposed convolution, forward and both gradients, at the batch.
+def layer_fn(ph: benchmark.Phases, layer: str):
+  """(jitted, args): one decoder layer's transposed convolution, forward and both
+  gradients, at the batch.
 
   The layer is a `conv_transpose.ConvTranspose` in the form of the phases' model (so
   "lax" times flax's `nn.ConvTranspose` computation), without bias, batch norm or the
@@ -212,24 +215,21 @@ def layer_call(ph: benchmark.Phases, layer: str) -> Callable[[], None]:
       lambda x, kernel, cot: jnp.vdot(conv.apply({"params": {"kernel": kernel}}, x), cot), (0, 1)
     )
   )
-
-  def call():
-    jax.block_until_ready(fn(x, kernel, cot))
-
-  call()  # compiles
-  return call
+  return fn, (x, kernel, cot)
 
 
 def part_call(ph: benchmark.Phases, part: str, size: int) -> Callable[[], None]:
   """A compiled, warmed-up call that runs one part once on device-resident inputs."""
   if part.startswith("deconv"):
-    return layer_call(ph, part)
-  if part != "warp":
+    fn, args = layer_fn(ph, part)
+  elif part == "warp":
+    hw = (size, size)
+    fn = jax.jit(
+      lambda k, i, v: augment.augment(k, i, v, hw, max_shift=0.1, zoom_range=0.1, flip=True)
+    )
+    args = (jax.random.key(0), ph.images, ph.vms)
+  else:
     return benchmark.phase_call(ph, {"decoder": "head"}.get(part, part))[0]
-  fn = jax.jit(
-    lambda k, i, v: augment.augment(k, i, v, (size, size), max_shift=0.1, zoom_range=0.1, flip=True)
-  )
-  args = (jax.random.key(0), ph.images, ph.vms)
 
   def call():
     jax.block_until_ready(fn(*args))

@@ -22,6 +22,7 @@ from vmsjax.data import pipeline, schema
 sys.path.insert(0, str(config_lib.REPO_ROOT / "experiments"))
 
 import paper  # noqa: E402
+import paper_report  # noqa: E402
 
 MODELS = ["m32", "m8", "m8_l1"]
 CHANNELS = ("true", "false", "all")
@@ -131,11 +132,11 @@ def test_table1_has_a_row_per_model_with_finite_numbers(run):
 
 def test_json_has_every_section_with_a_status(run):
   _, argv, report, md = run
-  assert set(report["sections"]) == set(paper.SECTIONS)
+  assert set(report["sections"]) == set(paper_report.SECTIONS)
   assert report["argv"] == argv and "experiments/paper.py" in report["command"]
   for name, s in report["sections"].items():
     assert s["status"] in ("done", "skipped"), (name, s)
-    assert paper.TITLES[name] in md
+    assert paper_report.TITLES[name] in md
     if s["status"] == "done":
       assert s["commands"], name  # each section says what produced it
       for c in s["commands"]:
@@ -224,7 +225,7 @@ def test_rerun_trains_and_evaluates_nothing(run, capsys):
   assert err.count("done already") == 3  # the three studies were read back
   assert _snapshot(work / "runs") == before
   again = json.loads((work / "paper.json").read_text())
-  for name in paper.SECTIONS:
+  for name in paper_report.SECTIONS:
     a, b = dict(report["sections"][name]), dict(again["sections"][name])
     a.pop("seconds"), b.pop("seconds")
     assert a == b, name
@@ -241,7 +242,7 @@ def test_skip_train_without_runs_says_why(tmp_path, synthetic_data_dir, capsys):
   t1 = report["sections"]["table1"]
   assert t1["status"] == "failed" and "--skip_train" in t1["reason"]
   assert [m["status"] for m in t1["models"]] == ["missing"] * 3
-  for name in paper.SECTIONS[1:]:
+  for name in paper_report.SECTIONS[1:]:
     assert report["sections"][name] == {
       "status": "skipped",
       "reason": "no trained model (see table1)",

@@ -37,17 +37,20 @@ _final_state = restored
 
 def test_sigkill_and_rerun_is_bit_identical(tmp_path, synthetic_data_dir):
   config = tiny_config()  # 12 steps, checkpoint every 4
-  straight = _train(tmp_path / "straight", synthetic_data_dir)
+  # The straight run decodes on the host; the killed and resumed one keeps the split on
+  # the device: both must end with the same bits.
+  host, device = ["--config.data.placement=host"], ["--config.data.placement=device"]
+  straight = _train(tmp_path / "straight", synthetic_data_dir, extra=host)
   assert straight.returncode == 0, straight.stderr[-2000:]
 
-  killed = _train(tmp_path / "resumed", synthetic_data_dir, kill_after=10)
+  killed = _train(tmp_path / "resumed", synthetic_data_dir, kill_after=10, extra=device)
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
   steps = sorted(
     int(p.name) for p in (tmp_path / "resumed" / "checkpoints").iterdir() if p.name.isdigit()
   )
   assert steps == [4, 8], steps  # steps 9 and 10 were lost with the process
 
-  rerun = _train(tmp_path / "resumed", synthetic_data_dir)
+  rerun = _train(tmp_path / "resumed", synthetic_data_dir, extra=device)
   assert rerun.returncode == 0, rerun.stderr[-2000:]
   assert "resuming from checkpoint 8" in rerun.stderr
 

@@ -34,7 +34,14 @@ RESUMABLE_KEYS: tuple[str, ...] = (
   "log.progress",
   "eval.batch_size",
   "features.cache_dir",
+  # How the same batches reach the same step (tests/test_placement.py: bit-identical).
+  "data.placement",
+  "data.workers",
+  "train.steps_per_call",
+  "train.compilation_cache",
 )
+
+PLACEMENTS: tuple[str, ...] = ("auto", "device", "host")
 
 FEATURE_CACHE_MODES: tuple[str, ...] = ("off", "memory", "disk")
 
@@ -73,6 +80,12 @@ def base_config() -> ml_collections.ConfigDict:
   # Data order, augmentation draws and a random trunk's init; `seed` drives parameter init
   # and latent noise. Apart so that a seed sweep shares its inputs (vmsjax.train.train_group).
   c.data.seed = 0
+  # Where the training split lives (pixel inputs): `device` reads it once and keeps it in
+  # device memory, each step gathering its batch there; `host` decodes each batch on the
+  # host; `auto` is `device` when the split fits in DEVICE_DATA_FRACTION of one device's
+  # memory (vmsjax/inputs.py). Same batches either way.
+  c.data.placement = "auto"
+  c.data.workers = 0  # host placement: threads decoding batches ahead (0: in the loop)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.reconstruction = "bce"  # bce | mse | l1 (weight 1)
@@ -90,6 +103,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 32  # global batch, split over all devices
   c.train.epochs = 250
   c.train.steps_per_epoch = 20
+  c.train.steps_per_call = 1  # K training steps per jitted call (lax.scan); same numbers
+  # XLA's persistent compilation cache: "auto" = <workdir>/../.jax_cache (shared by the
+  # points of a sweep and by resumed runs), "" = off, or a folder.
+  c.train.compilation_cache = "auto"
 
   c.augment = ml_collections.ConfigDict()
   c.augment.enabled = True
@@ -255,6 +272,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.train.batch_size > 0, "train.batch_size", "must be a positive integer")
   need(config.train.epochs > 0, "train.epochs", "must be a positive integer")
   need(config.train.steps_per_epoch > 0, "train.steps_per_epoch", "must be a positive integer")
+  need(config.train.steps_per_call > 0, "train.steps_per_call", "must be a positive integer")
+  need(
+    config.data.placement in PLACEMENTS,
+    "data.placement",
+    f"must be one of {', '.join(PLACEMENTS)}",
+  )
+  need(config.data.workers >= 0, "data.workers", "must be >= 0")
   need(0 <= config.augment.max_shift < 0.5, "augment.max_shift", "must be in [0, 0.5)")
   need(0 <= config.augment.zoom_range < 1, "augment.zoom_range", "must be in [0, 1)")
   need(

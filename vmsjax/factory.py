@@ -166,6 +166,11 @@ def shardings(mesh: Mesh) -> tuple[NamedSharding, NamedSharding]:
   return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
 
+def stacked_split(mesh: Mesh) -> NamedSharding:
+  """The sharding of K batches stacked on a leading axis: each split along axis 1."""
+  return NamedSharding(mesh, P(None, "data"))
+
+
 def device_batch(batch: dict, split: NamedSharding, keys: Sequence[str] | None = None) -> dict:
   """Host batch (this process's slice) -> global arrays split over the data axis."""
   keys = tuple(batch) if keys is None else keys

@@ -176,14 +176,26 @@ def make_step(config: ml_collections.ConfigDict, setup: factory.Setup):
 _JITTED: dict[tuple, Any] = {}
 
 
-def jit_step(config: ml_collections.ConfigDict, setup: factory.Setup, size: int):
-  """`make_step` under `jax.jit` over the setup's mesh: batch split, the rest replicated,
-  the states donated."""
-  key = (config_lib.group_key(config), size, tuple(d.id for d in setup.mesh.devices.flat))
+def make_steps(config: ml_collections.ConfigDict, setup: factory.Setup):
+  """steps(states, aux, batches, members) -> (states, metrics): `make_step` over K
+  batches stacked on a leading axis (`lax.scan`), metrics stacked {name: (K, G)}."""
+  one = make_step(config, setup)
+
+  def steps(states, aux, batches, group):
+    return jax.lax.scan(lambda s, batch: one(s, aux, batch, group), states, batches)
+
+  return steps
+
+
+def jit_step(config: ml_collections.ConfigDict, setup: factory.Setup, size: int, k: int = 1):
+  """The step under `jax.jit` over the setup's mesh: batch split, the rest replicated,
+  the states donated. With k > 1, `make_steps`: k steps per call, batches (k, B, ...)."""
+  key = (config_lib.group_key(config), size, k, tuple(d.id for d in setup.mesh.devices.flat))
   if key not in _JITTED:
-    repl, split = setup.repl, setup.split
+    repl = setup.repl
+    split = setup.split if k == 1 else factory.stacked_split(setup.mesh)
     _JITTED[key] = jax.jit(
-      make_step(config, setup),
+      make_step(config, setup) if k == 1 else make_steps(config, setup),
       in_shardings=(repl, repl, split, repl),
       out_shardings=(repl, repl),
       donate_argnums=(0,),

@@ -113,6 +113,7 @@ def train_group(
     workdir.check_config(p, c)
 
   config = configs[0]
+  use_compilation_cache(config, paths[0])
   source = inputs.open_training_data(config)
   setup = factory.build(config)
   fresh = [setup.init(c.seed) for c in configs]
@@ -143,6 +144,28 @@ def train_group(
   if failed:
     raise VMSError(f"{len(failed)} of {len(members)} models stopped: " + "; ".join(failed))
   return final
+
+
+def use_compilation_cache(config: ml_collections.ConfigDict, path: Path) -> Path | None:
+  """Turns on XLA's persistent compilation cache as `train.compilation_cache` says.
+
+  "auto" puts it beside the workdir (`<workdir>/../.jax_cache`): the points of a sweep
+  and a resumed run then compile nothing they compiled before. JAX reads the setting
+  once, at the process's first compilation: a folder set earlier (by the user's
+  JAX_COMPILATION_CACHE_DIR or a previous run in this process) is kept.
+
+  Returns:
+    The cache folder in use, or None.
+  """
+  setting = config.train.compilation_cache
+  current = jax.config.jax_compilation_cache_dir
+  if current or not setting:
+    return Path(current) if current else None
+  folder = path.absolute().parent / ".jax_cache" if setting == "auto" else Path(setting)
+  jax.config.update("jax_compilation_cache_dir", str(folder.expanduser()))
+  # Cache every program: the default (1 s) leaves out the small ones, which add up.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  return folder
 
 
 def _resume(members: list[Member], fresh: list[TrainState]) -> tuple[int, list[TrainState]]:
@@ -195,28 +218,36 @@ def _loop(members, fresh, source, setup, total, stop, hooks) -> list[TrainState]
   feed = inputs.open_inputs(config, source, dataset["fingerprint"], setup)
   states = _stack(states)
   group = jax.device_put(step_lib.members([m.config for m in members]), setup.repl)
-  step_fn = step_lib.jit_step(config, setup, len(members))
+  calls = config.train.steps_per_call
   bar = progress.Progress(total, config.train.batch_size, start, config.log.progress and main)
   if len(members) > 1:
     names = ", ".join(str(m.workdir) for m in members)
     print(f"training {len(members)} models together from step {start}: {names}", file=sys.stderr)
-  batches = feed.device_batches(start, setup.split)
-  pending: list[tuple[int, dict]] = []
+  reader = feed.reader(start, setup.mesh)
+  pending: list[tuple[list[int], dict]] = []
+  step = start
   try:
-    for step in range(start, stop):
-      states, metrics = step_fn(states, feed.aux, next(batches), group)
-      pending.append((step + 1, metrics))
-      at_end = step + 1 == stop
-      if (step + 1) % config.log.every_steps == 0 or at_end:
+    while step < stop:
+      # Up to `train.steps_per_call` steps in one call, ending at the next checkpoint.
+      every = config.checkpoint.every_steps
+      n = min(calls, stop - step, every - step % every)
+      step_fn = step_lib.jit_step(config, setup, len(members), n)
+      states, metrics = step_fn(states, feed.aux, reader.take(n), group)
+      done = list(range(step + 1, step + n + 1))
+      pending.append((done, metrics))
+      step += n
+      at_end = step == stop
+      if at_end or any(s % config.log.every_steps == 0 for s in done):
         _note_failures(members, states)
         _flush(members, pending)
         pending = []
-        bar.update(step + 1, float(np.mean(np.asarray(metrics["loss"]))), force=True)
-      if (step + 1) % config.checkpoint.every_steps == 0 or at_end:
+        bar.update(step, float(np.mean(np.asarray(metrics["loss"]))), force=True)
+      if step % every == 0 or at_end:
         _note_failures(members, states)
-        _save(members, states, step + 1)
-      for hook in hooks:
-        hook(step + 1, members)
+        _save(members, states, step)
+      for s in done:
+        for hook in hooks:
+          hook(s, members)
       if all(m.failed for m in members):
         _flush(members, pending)  # the good steps since the last log step
         break
@@ -245,10 +276,18 @@ def _note_failures(members: list[Member], states: TrainState) -> None:
       print(f"vmsjax: {m.failed}", file=sys.stderr)
 
 
-def _flush(members: list[Member], pending: list[tuple[int, dict]]) -> None:
+def _flush(members: list[Member], pending: list[tuple[list[int], dict]]) -> None:
+  """Writes each member's metrics of the pending calls: {name: (G,)} for a call of one
+  step, {name: (K, G)} for a call of K steps."""
   host = jax.device_get([metrics for _, metrics in pending])
+  rows = []  # (step, {name: (G,)})
+  for (steps, _), metrics in zip(pending, host, strict=True):
+    if len(steps) == 1 and np.ndim(metrics["loss"]) == 1:
+      rows.append((steps[0], metrics))
+    else:
+      rows += [(s, {k: v[j] for k, v in metrics.items()}) for j, s in enumerate(steps)]
   for i, m in enumerate(members):
-    for (step, _), metrics in zip(pending, host, strict=True):
+    for step, metrics in rows:
       good = m.bad_step is None or step <= m.bad_step
       if step > (m.latest or 0) and good:
         m.writer.write(step, {k: v[i] for k, v in metrics.items()})

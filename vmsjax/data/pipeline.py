@@ -98,6 +98,52 @@ def _check_positive(value: int, what: str) -> None:
     raise VMSError(f"{what} must be a positive integer, got {value}")
 
 
+def _check_order_args(
+  size: int, batch_size: int, seed: int, start_step: int, process_index: int, process_count: int
+) -> None:
+  _check_positive(batch_size, "batch_size")
+  _check_positive(process_count, "process_count")
+  if batch_size % process_count:
+    raise VMSError(
+      f"batch_size {batch_size} is not divisible by the number of "
+      f"processes {process_count}; choose a multiple of {process_count}"
+    )
+  if not 0 <= process_index < process_count:
+    raise VMSError(f"process_index {process_index} not in [0, {process_count})")
+  if seed < 0 or start_step < 0:
+    raise VMSError(f"seed and start_step must be >= 0, got seed={seed}, start_step={start_step}")
+  if size == 0:
+    raise VMSError("cannot train on an empty split")
+
+
+def _record_index(
+  order: EpochOrder, step: int, row: int, batch_size: int, process_index: int, local: int
+) -> int:
+  """The record at row `row` of this process's part of global batch `step`."""
+  return order(step * batch_size + process_index * local + row)
+
+
+def batch_indices(
+  size: int,
+  batch_size: int,
+  seed: int,
+  start_step: int = 0,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> Iterator[np.ndarray]:
+  """Yields (b,) int32 record indices of this process's batches from `start_step` on:
+  the records `train_batches` with the same arguments yields, for a split that lives on
+  the device and is gathered there."""
+  _check_order_args(size, batch_size, seed, start_step, process_index, process_count)
+  local = batch_size // process_count
+  order = EpochOrder(size, seed)
+  for step in itertools.count(start_step):
+    yield np.asarray(
+      [_record_index(order, step, r, batch_size, process_index, local) for r in range(local)],
+      np.int32,
+    )
+
+
 def train_batches(
   source: Sequence,
   batch_size: int,
@@ -105,6 +151,7 @@ def train_batches(
   start_step: int = 0,
   process_index: int = 0,
   process_count: int = 1,
+  workers: int = 0,
 ) -> Iterator[Batch]:
   """Yields this process's training batches forever, starting at step `start_step`.
 
@@ -119,6 +166,8 @@ def train_batches(
     start_step: the step of the first batch to yield.
     process_index: this process, 0 <= process_index < process_count.
     process_count: the number of processes; must divide `batch_size`.
+    workers: threads that read and decode batches ahead of the consumer (grain's
+      prefetch); 0 reads each batch when it is asked for. The order is the same.
 
   Yields:
     Dicts of stacked numpy arrays with b = B / process_count rows: `image` uint8
@@ -128,19 +177,11 @@ def train_batches(
   Raises:
     VMSError: empty source, or bad batch size, seed, step or process arguments.
   """
-  _check_positive(batch_size, "batch_size")
-  _check_positive(process_count, "process_count")
-  if batch_size % process_count:
-    raise VMSError(
-      f"batch_size {batch_size} is not divisible by the number of "
-      f"processes {process_count}; choose a multiple of {process_count}"
-    )
-  if not 0 <= process_index < process_count:
-    raise VMSError(f"process_index {process_index} not in [0, {process_count})")
-  if seed < 0 or start_step < 0:
-    raise VMSError(f"seed and start_step must be >= 0, got seed={seed}, start_step={start_step}")
   if len(source) == 0:
     raise VMSError(f"cannot train on an empty source: {source!r}")
+  _check_order_args(len(source), batch_size, seed, start_step, process_index, process_count)
+  if workers < 0:
+    raise VMSError(f"workers must be >= 0, got {workers}")
 
   local = batch_size // process_count
   order = EpochOrder(len(source), seed)
@@ -150,7 +191,7 @@ def train_batches(
     # Element j of this process's stream is row j % b of its batch j // b,
     # i.e. global position (j // b) * B + p * b + j % b.
     step, row = divmod(element, local)
-    return records[order(step * batch_size + process_index * local + row)]
+    return records[_record_index(order, step, row, batch_size, process_index, local)]
 
   # Random access all the way: indexing `batches` at k reads only batch k.
   batches = (
@@ -159,8 +200,23 @@ def train_batches(
     .map(_train_arrays)
     .batch(local, batch_fn=_stack)
   )
-  for step in itertools.count(start_step):
-    yield batches[step]
+  if workers == 0:
+    for step in itertools.count(start_step):
+      yield batches[step]
+    return
+  # Threads suffice: decoding (PIL, zlib) releases the GIL. Grain keeps the order.
+  options = grain.ReadOptions(num_threads=workers, prefetch_buffer_size=2 * workers)
+  yield from batches[start_step:].to_iter_dataset(options)
+
+
+def read_split(source: Sequence, workers: int = 0) -> Batch:
+  """Every record of a split, in record order, stacked as `train_batches` stacks a batch
+  (`image`, `vms`, ...): for a split kept in device memory."""
+  records = grain.MapDataset.source(source).map(_train_arrays)
+  if workers:
+    options = grain.ReadOptions(num_threads=workers, prefetch_buffer_size=2 * workers)
+    return _stack(list(records.to_iter_dataset(options)))
+  return _stack([records[i] for i in range(len(records))])
 
 
 def _record_ids(source: Sequence) -> Sequence[str]:
@@ -196,19 +252,3 @@ def eval_batches(source: Sequence, batch_size: int) -> Iterator[Batch]:
   )
   for k in range(len(batches)):
     yield batches[k]
-
-
-# TEMPORARY re-exports for call sites not yet moved (removed by the lead)
-from vmsjax.data.catalogue import (  # noqa: E402,F401
-  SplitSource,
-  build,
-  build_report,
-  category_counts,
-  dataset_names,
-  dataset_record,
-  describe,
-  export,
-  format_report,
-  is_built,
-  open_split,
-)
