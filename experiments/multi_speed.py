@@ -10,10 +10,8 @@ members). Two measurements, in one process so that they share the machine's load
         medians are compared.
   run   end to end, as a user runs it: `train.train_and_evaluate` of seed 0 against
         `train.train_group` of seeds 0..N-1 into fresh workdirs (data loading,
-        checkpoints and metrics included). After the step phase both reuse its compiled
-        steps (`step.jit_step` keeps one per kind of group), and the process's one-off
-        costs are paid; `--phases run` alone also times the steps' compilation, and the
-        first run (alone) pays those one-off costs.
+        checkpoints and metrics included; not compilation or the process's one-off
+        costs, which an untimed one-step run of each pays first).
 
 By default without the feature cache (`features.cache=off`: each step augments and runs
 the frozen trunk once for the whole group), on the synthetic config (64x64, batch 32,
@@ -136,9 +134,16 @@ def step_speed(configs, args) -> dict:
 
 
 def run_speed(configs, args) -> dict:
-  """Wall seconds of the whole training, alone and grouped, into fresh workdirs."""
+  """Wall seconds of the whole training, alone and grouped, into fresh workdirs.
+
+  One step of each goes first, untimed: it compiles the steps (if the step phase has
+  not) and pays the process's one-off costs (the checkpointer, the metric writers, the
+  data's first read), which would otherwise all fall on the run alone.
+  """
   with tempfile.TemporaryDirectory(prefix="multi_speed_") as tmp:
     tmp = Path(tmp)
+    train_lib.train_group(configs[:1], [tmp / "warm_up"], stop_at=1)
+    train_lib.train_group(configs, [tmp / f"warm_up{i}" for i in range(len(configs))], stop_at=1)
     t0 = time.perf_counter()
     train_lib.train_and_evaluate(configs[0], tmp / "alone")
     alone = time.perf_counter() - t0

@@ -31,7 +31,7 @@ from typing import Any
 from vmsjax import config as config_lib
 from vmsjax import evaluate, hostmem, inference, sweep
 from vmsjax import workdir as workdir_lib
-from vmsjax.data import pipeline
+from vmsjax.data import catalogue
 from vmsjax.errors import VMSError
 from vmsjax.studies import embedding, reference, runners, sources
 
@@ -154,7 +154,7 @@ def overrides(args: argparse.Namespace) -> list[str]:
 def preflight(ctx: Context) -> None:
   """Refuses, before anything trains, a run that cannot start: data or weights missing."""
   c = ctx.configs[0]
-  if not c.data.auto_build and not pipeline.is_built(c.data.name, c.data.data_dir):
+  if not c.data.auto_build and not catalogue.is_built(c.data.name, c.data.data_dir):
     raise VMSError(
       f"dataset {c.data.name} is not built in {c.data.data_dir}: build it with `vmsjax data "
       f"build {c.data.name} --manual_dir DIR --data_dir {c.data.data_dir}` (docs/data.md), "
@@ -234,7 +234,7 @@ def vischema2_section(ctx: Context) -> dict:
       "the synthetic set has no VISCHEMA2: its stand-in is the predicted maps of the "
       "synthetic evaluation split against the ground-truth maps of its training split"
     )
-  elif not pipeline.is_built("vischema2", data_dir):
+  elif not catalogue.is_built("vischema2", data_dir):
     return {
       "status": "skipped",
       "reason": f"vischema2 is not built in {data_dir}; build it with `vmsjax data build "
@@ -258,11 +258,11 @@ def lamem_section(ctx: Context) -> dict:
   """Map scores of a seeded LaMem subset against LaMem's memorability scores."""
   spec = ctx.args.lamem
   if spec is None:
-    if pipeline.is_built("lamem", ctx.data.data_dir):
+    if catalogue.is_built("lamem", ctx.data.data_dir):
       # Sorted by id and drawn with default_rng(seed): with 10,000 and seed 0 these are
       # the images of the lamem/subset10k build.
       spec = "lamem:train+val+test"
-    elif pipeline.is_built("lamem/subset10k", ctx.data.data_dir):
+    elif catalogue.is_built("lamem/subset10k", ctx.data.data_dir):
       spec = "lamem/subset10k:test"
     else:
       return {
@@ -302,7 +302,7 @@ def external_section(ctx: Context) -> dict:
       specs = [f"{ctx.data.name}:{ctx.data.eval_split}"]
     else:
       specs = [f"{ctx.data.name}:train+test"]
-      if pipeline.is_built("vischema2", ctx.data.data_dir):
+      if catalogue.is_built("vischema2", ctx.data.data_dir):
         specs.append("vischema2:test")
   studies = []
   for spec in specs:
@@ -333,7 +333,7 @@ def external_section(ctx: Context) -> dict:
 def latent_section(ctx: Context) -> dict:
   """The best model's latent means in 2-D, on VISCHEMA2 (the paper's Fig. 6) if built."""
   note = {}
-  if not ctx.synthetic and pipeline.is_built("vischema2", ctx.data.data_dir):
+  if not ctx.synthetic and catalogue.is_built("vischema2", ctx.data.data_dir):
     spec = "vischema2:test"  # the paper's Fig. 6
   else:
     spec = f"{ctx.data.name}:{ctx.data.eval_split}"

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from vmsjax import config as config_lib
-from vmsjax.data import pipeline, schema
+from vmsjax.data import catalogue, schema
 
 sys.path.insert(0, str(config_lib.REPO_ROOT / "experiments"))
 
@@ -67,7 +67,7 @@ def run(tmp_path_factory, synthetic_data_dir):
   is mostly compilation. The reruns below are in-process `paper.main` calls.
   """
   tmp = tmp_path_factory.mktemp("paper")
-  ids = pipeline.open_split("synthetic", EVAL_SPLIT, synthetic_data_dir).ids()
+  ids = catalogue.open_split("synthetic", EVAL_SPLIT, synthetic_data_dir).ids()
   scores = np.random.default_rng(0).random(len(ids))
   csv = tmp / "amnet.csv"
   csv.write_text("id,score\n" + "".join(f"{i},{s:.6f}\n" for i, s in zip(ids, scores, strict=True)))

@@ -168,7 +168,7 @@ def evaluate(
     VMSError: not a workdir, no such checkpoint, dataset not built, unknown split or
       baseline, a dataset without VMS maps, an empty split.
   """
-  from vmsjax.data import pipeline
+  from vmsjax.data import catalogue, pipeline
 
   chosen = baseline_functions(baselines)
   names = tuple(chosen)
@@ -177,7 +177,7 @@ def evaluate(
   split = split or config.data.eval_split
   dataset = dataset or config.data.name
   data_dir = data_dir or config.data.data_dir
-  source = pipeline.open_split(dataset, split, data_dir)
+  source = catalogue.open_split(dataset, split, data_dir)
   _check_has_maps(source, dataset, split)
   # Every dataset with maps has VISCHEMA categories so far; one without gets no
   # per-category tables, Table 2 or figure rather than an error.
