@@ -165,13 +165,13 @@ def test_unknown_baseline_is_refused():
 
 
 def test_dataset_without_maps_is_refused(trained_workdir, monkeypatch, capsys):
-  from vmsjax.data import pipeline
+  from vmsjax.data import catalogue
 
   records = [
     {"image": np.zeros((224, 224, 3), np.uint8), "category": 0, "id": f"{i}.jpg", "score": 0.5}
     for i in range(3)
   ]
-  monkeypatch.setattr(pipeline, "open_split", lambda name, split, data_dir: records)
+  monkeypatch.setattr(catalogue, "open_split", lambda name, split, data_dir: records)
   code = cli.main(["evaluate", "--workdir", str(trained_workdir), "--dataset", "lamem"])
   err = capsys.readouterr().err
   assert code == 2 and len(err.strip().splitlines()) == 1
@@ -208,7 +208,7 @@ def test_gbvs_baseline_is_gbvs_scaled_per_channel():
 def test_other_dataset_without_categories(trained_workdir, monkeypatch):
   # A dataset with maps but no VISCHEMA categories, evaluated with --dataset: its
   # files are named after it, and the per-category parts are left out.
-  from vmsjax.data import pipeline
+  from vmsjax.data import catalogue
 
   rng = np.random.default_rng(0)
   records = [
@@ -219,7 +219,7 @@ def test_other_dataset_without_categories(trained_workdir, monkeypatch):
     }
     for i in range(6)
   ]
-  monkeypatch.setattr(pipeline, "open_split", lambda name, split, data_dir: records)
+  monkeypatch.setattr(catalogue, "open_split", lambda name, split, data_dir: records)
   got = evaluate.evaluate(trained_workdir, checkpoint=12, dataset="other/cfg", baselines="none")
   assert got["images"] == 6 and got["categories"] == {} and got["dataset"] == "other/cfg"
   assert got["files"] == {"json": "other-cfg-test-12.json", "markdown": "other-cfg-test-12.md"}

@@ -17,9 +17,9 @@ REPO = config_lib.REPO_ROOT
 # running both files compiles that group's step once.
 B_OVERRIDES = [
   "seed=1",
-  "loss.beta=0.5",
+  "loss.weights.kl=0.5",
   "loss.kl_warmup_steps=4",
-  "loss.l2=0.01",
+  "loss.weights.l2=0.01",
   "optim.learning_rate=3e-3",
 ]
 
@@ -61,7 +61,7 @@ def test_sweep_runs_skips_reports_and_prints_commands(tmp_path, synthetic_data_d
   assert report["groups"] == [["a", "b"]]
   assert [p["name"] for p in report["points"]] == ["a", "b"]
   for p in report["points"]:
-    # The points trained as one group (vmsjax.multi): their workdirs evaluate like any.
+    # The points trained as one group (vmsjax.train.train_group): their workdirs evaluate like any.
     own = _eval(out / p["name"])
     assert p["status"] == "done" and p["step"] == 12 and own["images"] == 160
     for c in ("true", "false", "all"):
@@ -106,7 +106,7 @@ def test_plan_groups_points_that_share_a_step():
     tiny_config(),
     tiny_config(seed=3, **{"optim.learning_rate": 0.01}),
     tiny_config(**{"model.latent": 8}),
-    tiny_config(**{"loss.l2": 0.0, "loss.kl_warmup_steps": 3}),
+    tiny_config(**{"loss.weights.l2": 0.0, "loss.kl_warmup_steps": 3}),
     tiny_config(**{"model.latent": 8, "seed": 2}),
   ]
   assert sweep.plan(configs) == [[0, 1, 3], [2, 4]]
@@ -161,11 +161,11 @@ def test_bad_sweeps_are_one_line_errors(tmp_path, capsys):
 def test_config_flags_reach_sweep_points_and_are_refused_elsewhere(tmp_path, capsys):
   spec = _write_sweep(tmp_path / "tiny_sweep.py", tmp_path / "data")
   argv = ["sweep", spec, "--workdir", str(tmp_path / "w"), "--print-commands"]
-  assert cli.main([*argv, "--config.model.latent=5", "--set", "loss.l2=0.5"]) == 0
+  assert cli.main([*argv, "--config.model.latent=5", "--set", "loss.weights.l2=0.5"]) == 0
   lines = capsys.readouterr().out.strip().splitlines()
   assert len(lines) == 2
   for line in lines:
-    assert "--config.model.latent=5" in line and "--config.loss.l2=0.5" in line
+    assert "--config.model.latent=5" in line and "--config.loss.weights.l2=0.5" in line
   # A command that takes no config overrides refuses them by name.
   assert cli.main(["evaluate", "--workdir", str(tmp_path / "w"), "--config.model.latent=5"]) == 2
   assert "--config.model.latent=5" in capsys.readouterr().err

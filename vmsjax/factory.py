@@ -198,7 +198,7 @@ class Setup:
   mesh: Mesh
   repl: NamedSharding
   split: NamedSharding
-  _init: Any = dataclasses.field(default=None, repr=False)
+  _init: Any = dataclasses.field(default=None, init=False, repr=False)  # per instance
 
   def init(self, seed: int) -> TrainState:
     """A fresh state from `seed`, replicated over the mesh (one compilation per Setup)."""

@@ -170,7 +170,7 @@ def make_step(config: ml_collections.ConfigDict, setup: factory.Setup):
   return step
 
 
-# Jitted steps by (the group's static config, its size, devices): a process that trains
+# Jitted steps by (the group's static config, its size, K, devices, modules): a process that trains
 # the same kind of group again (the next points of a sweep, a resumed run) reuses the
 # compiled step. Members' seeds and hyperparameters are arguments, not part of the key.
 _JITTED: dict[tuple, Any] = {}
@@ -190,7 +190,10 @@ def make_steps(config: ml_collections.ConfigDict, setup: factory.Setup):
 def jit_step(config: ml_collections.ConfigDict, setup: factory.Setup, size: int, k: int = 1):
   """The step under `jax.jit` over the setup's mesh: batch split, the rest replicated,
   the states donated. With k > 1, `make_steps`: k steps per call, batches (k, B, ...)."""
-  key = (config_lib.group_key(config), size, k, tuple(d.id for d in setup.mesh.devices.flat))
+  devices = tuple(d.id for d in setup.mesh.devices.flat)
+  # The modules' fields too: a setup whose model was changed (another decoder form) is
+  # another program, though its config is the same.
+  key = (config_lib.group_key(config), size, k, devices, repr(setup.model), repr(setup.encoder))
   if key not in _JITTED:
     repl = setup.repl
     split = setup.split if k == 1 else factory.stacked_split(setup.mesh)
