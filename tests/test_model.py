@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vmsjax.models import vae, vgg16
+from vmsjax.models import conv_transpose, vae, vgg16
 
 
 def test_trunk_names_mirror_keras_and_output_shape():
@@ -24,7 +24,7 @@ def test_trunk_names_mirror_keras_and_output_shape():
 
 @pytest.mark.parametrize("hw", [(64, 64), (64, 96), (224, 224)])
 def test_decoder_output_has_input_size(hw):
-  model = vae.VMSVAE(dense=8, latent=4, out_hw=hw, channels=(8, 8, 8, 8))
+  model = vae.VMSVAE(dense=8, latent=4, out_hw=hw, decoder_channels=(8, 8, 8, 8))
   feats = jnp.zeros((2, hw[0] // 32, hw[1] // 32, 512))
   variables = jax.eval_shape(
     lambda: model.init(
@@ -44,11 +44,14 @@ def test_decoder_output_has_input_size(hw):
 
 def test_bad_image_size_is_rejected():
   with pytest.raises(ValueError, match="multiple of 32"):
-    vae.check_image_size(100, 64)
+    vae.check_image_size(100, 64, (8, 8, 8, 8))
+  with pytest.raises(ValueError, match="multiple of 64: .* upsamples by 64"):
+    vae.check_image_size(32, 32, (8, 8, 8, 8, 8))  # six layers
+  vae.check_image_size(32, 32, (8, 8, 8))  # four layers: 16 divides 32
 
 
 def test_evaluation_uses_mu_and_training_samples():
-  model = vae.VMSVAE(dense=8, latent=4, out_hw=(32, 32), channels=(4, 4, 4, 4))
+  model = vae.VMSVAE(dense=8, latent=4, out_hw=(32, 32), decoder_channels=(4, 4, 4, 4))
   feats = jax.random.normal(jax.random.key(0), (3, 1, 1, 512))
   v = model.init(
     {"params": jax.random.key(1), "latent": jax.random.key(2)}, feats, train=False, sample=True
@@ -76,7 +79,7 @@ def test_preprocessing_modes():
     vgg16.preprocess(img, "tf")
 
 
-@pytest.mark.parametrize("method", ["subpixel", "phases", "matmul", "auto"])
+@pytest.mark.parametrize("method", conv_transpose.METHODS)
 @pytest.mark.parametrize(
   "kernel,use_bias,strides",
   [(3, False, 2), (3, True, 2), (4, True, 2), (5, False, 2), (3, True, 3)],
@@ -86,8 +89,8 @@ def test_subpixel_conv_transpose_matches_flax(kernel, use_bias, strides, method)
   x = jnp.asarray(rng.standard_normal((2, 5, 7, 6), np.float32))
   s = (strides, strides)
   ref = nn.ConvTranspose(4, (kernel, kernel), strides=s, padding="SAME", use_bias=use_bias)
-  new = vae.SubpixelConvTranspose(
-    4, (kernel, kernel), strides=s, padding="SAME", use_bias=use_bias, method=method
+  new = conv_transpose.ConvTranspose(
+    4, (kernel, kernel), method=method, strides=s, padding="SAME", use_bias=use_bias
   )
   v_ref = ref.init(jax.random.key(0), x)
   v_new = new.init(jax.random.key(0), x)
@@ -111,7 +114,7 @@ def test_subpixel_conv_transpose_matches_flax(kernel, use_bias, strides, method)
 @pytest.mark.parametrize("kernel,strides", [(3, 2), (2, 3), (5, 2)])
 def test_matmul_form_gradients_match_autodiff_under_vmap_and_bfloat16(kernel, strides):
   """The matmul form's written-out backward equals autodiff of its forward, for a stack
-  of models under vmap (as `multi` trains them) and in bfloat16 (model.dtype)."""
+  of models under vmap (as a group trains them) and in bfloat16 (model.dtype)."""
   rng = np.random.default_rng(strides)
   x = jnp.asarray(rng.standard_normal((3, 2, 4, 5, 6), np.float32))  # 3 models
   k = jnp.asarray(rng.standard_normal((3, kernel, kernel, 6, 4), np.float32))
@@ -123,12 +126,12 @@ def test_matmul_form_gradients_match_autodiff_under_vmap_and_bfloat16(kernel, st
   def grads(form, x, k):
     return jax.vmap(jax.grad(lambda x, k: loss(form, x, k), argnums=(0, 1)))(x, k)
 
-  want = grads(vae._matmul_forward, x, k)  # plain autodiff
-  got = grads(vae.matmul_conv_transpose, x, k)
+  want = grads(conv_transpose._matmul_forward, x, k)  # plain autodiff
+  got = grads(conv_transpose.matmul_conv_transpose, x, k)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), want, got)
   assert float(jnp.abs(got[1]).sum()) > 0
   xb, kb = x.astype(jnp.bfloat16), k.astype(jnp.bfloat16)
-  got_b = grads(vae.matmul_conv_transpose, xb, kb)
+  got_b = grads(conv_transpose.matmul_conv_transpose, xb, kb)
   assert [g.dtype for g in got_b] == [jnp.bfloat16, jnp.bfloat16]
   for g, w in zip(got_b, want, strict=True):
     scale = float(jnp.abs(w).max())
@@ -137,17 +140,22 @@ def test_matmul_form_gradients_match_autodiff_under_vmap_and_bfloat16(kernel, st
 
 def test_conv_transpose_rejects_unknown_method():
   with pytest.raises(ValueError, match="method"):
-    vae.conv_transpose(jnp.zeros((1, 2, 2, 3)), jnp.zeros((3, 3, 3, 4)), (2, 2), "fft")
+    conv_transpose.conv_transpose(jnp.zeros((1, 2, 2, 3)), jnp.zeros((3, 3, 3, 4)), (2, 2), "fft")
 
 
 def test_decoder_params_and_outputs_match_the_conv_transpose_decoder(monkeypatch):
   """Checkpoints written with flax's nn.ConvTranspose decoder load and give the same maps."""
-  model = vae.VMSVAE(dense=8, latent=4, out_hw=(64, 96), channels=(16, 8, 8, 4))
+  model = vae.VMSVAE(dense=8, latent=4, out_hw=(64, 96), decoder_channels=(16, 8, 8, 4))
   feats = jax.random.normal(jax.random.key(0), (3, 2, 3, 512))
   rngs = {"params": jax.random.key(1), "latent": jax.random.key(2)}
   new = model.init(rngs, feats, train=False, sample=True)
+
+  def flax_layer(*args, method, **kwargs):  # the decoder as it was: flax's own layer
+    del method
+    return nn.ConvTranspose(*args, **kwargs)
+
   with monkeypatch.context() as m:
-    m.setattr(vae, "SubpixelConvTranspose", nn.ConvTranspose)
+    m.setattr(vae, "ConvTranspose", flax_layer)
     old = model.init(rngs, feats, train=False, sample=True)
     # Train-mode forward (batch statistics) of the old decoder on the same variables.
     (y_old, _, _), s_old = model.apply(
