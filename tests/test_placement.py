@@ -27,12 +27,11 @@ def _metrics(work):
 
 def test_placements_workers_and_steps_per_call_are_bit_identical(tmp_path, synthetic_data_dir):
   c, ref = _run(tmp_path, synthetic_data_dir, "host0", **{"data.placement": "host"})
-  variants = {
-    "device": {"data.placement": "device"},
-    "host2": {"data.placement": "host", "data.workers": 2},
+  variants = {  # against host, 0 workers, 1 step per call
     # 6 steps, checkpoints at 4: calls of 3 + 1 (to the checkpoint) + 2 (to the end).
     "device_k3": {"data.placement": "device", "train.steps_per_call": 3},
-    "host1_k4": {"data.placement": "host", "data.workers": 1, "train.steps_per_call": 4},
+    "host1": {"data.placement": "host", "data.workers": 1},
+    "host2_k4": {"data.placement": "host", "data.workers": 2, "train.steps_per_call": 4},
   }
   want_state, want_meta = restored(ref, c)
   want_metrics = _metrics(ref)
@@ -54,7 +53,7 @@ def test_placements_workers_and_steps_per_call_are_bit_identical(tmp_path, synth
 
 
 def test_auto_placement_follows_the_device_memory(monkeypatch, synthetic_data_dir):
-  c = tiny_config(**{"data.data_dir": synthetic_data_dir})
+  c = tiny_config(**{"data.data_dir": synthetic_data_dir, "train.epochs": 80})  # 7680 reads
   source = catalogue.open_split("synthetic", "train", synthetic_data_dir)
   need = inputs.split_bytes(source)
   assert need == 640 * (224 * 224 * 3 + 4 * 224 * 224 * 2)
@@ -62,6 +61,11 @@ def test_auto_placement_follows_the_device_memory(monkeypatch, synthetic_data_di
   monkeypatch.setattr(inputs, "device_memory_bytes", lambda device=None: int(limit))
   assert inputs.placement(c, source) == "device"  # exactly at the fraction
   monkeypatch.setattr(inputs, "device_memory_bytes", lambda device=None: int(limit) - 1)
+  assert inputs.placement(c, source) == "host"
+  # A run that reads fewer records than the split holds decodes only those, on the host.
+  monkeypatch.setattr(inputs, "device_memory_bytes", lambda device=None: int(limit))
+  with c.unlocked():
+    c.train.epochs = 1  # 12 steps x 8 = 96 records of 640
   assert inputs.placement(c, source) == "host"
   for forced in ("device", "host"):
     with c.unlocked():

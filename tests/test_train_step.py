@@ -15,7 +15,8 @@ def _setup(config, devices):
   state = jax.tree.map(lambda x: x[None], setup.init(config.seed))  # (1, ...): G = 1
   group = jax.device_put(step_lib.members([config]), setup.repl)
   step = step_lib.jit_step(config, setup, 1)
-  return state, setup.enc_params, step, setup.split, group
+  aux = {"encoder": setup.enc_params}  # what the step reads besides a host batch
+  return state, aux, step, setup.split, group
 
 
 def _batch(n=8, size=48, seed=0):

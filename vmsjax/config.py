@@ -83,7 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Where the training split lives (pixel inputs): `device` reads it once and keeps it in
   # device memory, each step gathering its batch there; `host` decodes each batch on the
   # host; `auto` is `device` when the split fits in DEVICE_DATA_FRACTION of one device's
-  # memory (vmsjax/inputs.py). Same batches either way.
+  # memory and the run reads it at least once (vmsjax/inputs.py). Same batches either way.
   c.data.placement = "auto"
   c.data.workers = 0  # host placement: threads decoding batches ahead (0: in the loop)
 

@@ -14,7 +14,8 @@ features (B, H/32, W/32, 512) and target maps (B, H, W, 2):
                                       record indices (`data.pipeline.batch_indices`)
                                       and the step gathers the rows;
                               auto    device when the split fits in
-                                      DEVICE_DATA_FRACTION of one device's memory.
+                                      DEVICE_DATA_FRACTION of one device's memory
+                                      and the run reads it at least once.
   cached  ("memory"/"disk") the frozen trunk's output for K stored augmentation views
                             (`vmsjax.cache`); the step gathers (memory) or receives
                             (disk) batch k's rows and warps the maps with their views.
@@ -127,11 +128,17 @@ def split_bytes(source) -> int:
 
 
 def placement(config: ml_collections.ConfigDict, source) -> str:
-  """`data.placement` resolved: "device" or "host" (see the module docstring)."""
+  """`data.placement` resolved: "device" or "host" (see the module docstring).
+
+  `auto` is "device" when the split fits in DEVICE_DATA_FRACTION of one device's memory
+  and the run reads at least as many records as the split holds (so reading it whole,
+  once, costs no more than the host path would); otherwise "host".
+  """
   if config.data.placement != "auto":
     return config.data.placement
   fits = split_bytes(source) <= DEVICE_DATA_FRACTION * device_memory_bytes()
-  return "device" if fits else "host"
+  reads = config.train.epochs * config.train.steps_per_epoch * config.train.batch_size
+  return "device" if fits and reads >= len(source) else "host"
 
 
 # uint8 map code -> map value, computed on the host as the datasets compute it (k / 255
