@@ -409,19 +409,15 @@ def batch_rows(
   """
   from vmsjax.data import pipeline
 
-  # The same order object train_batches uses, so the two can never drift apart.
+  # The same order object and positions train_batches uses, so they can never drift apart.
   order = pipeline.EpochOrder(size, seed)
   choice = _EpochViews(size, views, seed)
-  local = batch_size // process_count
-  step = start_step
-  while True:
-    first = step * batch_size + process_index * local
-    rows = np.empty((local, 2), np.int32)
-    for r, position in enumerate(range(first, first + local)):
+  for positions in pipeline.batch_positions(batch_size, start_step, process_index, process_count):
+    rows = np.empty((len(positions), 2), np.int32)
+    for r, position in enumerate(positions):
       example = order(position)
       rows[r] = (example, choice(position // size)[example])
     yield rows
-    step += 1
 
 
 def train_batches(

@@ -249,7 +249,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     "data.image_size",
     "must be a positive multiple of 32 (VGG-16 downsamples by 32)",
   )
-  up = 2 ** (len(m.decoder_channels) + 1)
+  from vmsjax.models.vae import upsampling
+
+  up = upsampling(m.decoder_channels)
   need(
     config.data.image_size % up == 0,
     "data.image_size",

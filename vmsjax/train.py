@@ -224,26 +224,30 @@ def _loop(members, fresh, source, setup, total, stop, hooks) -> list[TrainState]
     names = ", ".join(str(m.workdir) for m in members)
     print(f"training {len(members)} models together from step {start}: {names}", file=sys.stderr)
   reader = feed.reader(start, setup.mesh)
+  every = config.checkpoint.every_steps
+  step_fns = {}  # jitted step per steps-per-call length, looked up once each
   pending: list[tuple[list[int], dict]] = []
   step = start
   try:
     while step < stop:
       # Up to `train.steps_per_call` steps in one call, ending at the next checkpoint.
-      every = config.checkpoint.every_steps
       n = min(calls, stop - step, every - step % every)
-      step_fn = step_lib.jit_step(config, setup, len(members), n)
-      states, metrics = step_fn(states, feed.aux, reader.take(n), group)
+      if n not in step_fns:
+        step_fns[n] = step_lib.jit_step(config, setup, len(members), n)
+      states, metrics = step_fns[n](states, feed.aux, reader.take(n), group)
       done = list(range(step + 1, step + n + 1))
       pending.append((done, metrics))
       step += n
       at_end = step == stop
-      if at_end or any(s % config.log.every_steps == 0 for s in done):
+      log = at_end or any(s % config.log.every_steps == 0 for s in done)
+      save = at_end or step % every == 0
+      if log or save:
         _note_failures(members, states)
+      if log:
         _flush(members, pending)
         pending = []
         bar.update(step, float(np.mean(np.asarray(metrics["loss"]))), force=True)
-      if step % every == 0 or at_end:
-        _note_failures(members, states)
+      if save:
         _save(members, states, step)
       for s in done:
         for hook in hooks:

@@ -116,11 +116,22 @@ def _check_order_args(
     raise VMSError("cannot train on an empty split")
 
 
-def _record_index(
-  order: EpochOrder, step: int, row: int, batch_size: int, process_index: int, local: int
-) -> int:
-  """The record at row `row` of this process's part of global batch `step`."""
-  return order(step * batch_size + process_index * local + row)
+def _position(step: int, row: int, batch_size: int, process_index: int, local: int) -> int:
+  """Where row `row` of this process's part of global batch `step` is in the stream of
+  epoch permutations (`EpochOrder` turns it into a record)."""
+  return step * batch_size + process_index * local + row
+
+
+def batch_positions(
+  batch_size: int, start_step: int = 0, process_index: int = 0, process_count: int = 1
+) -> Iterator[range]:
+  """Yields, from `start_step` on, the stream positions of this process's rows of each
+  global batch: what `train_batches`, `batch_indices` and the feature cache's batches
+  read, so they can never drift apart."""
+  local = batch_size // process_count
+  for step in itertools.count(start_step):
+    first = _position(step, 0, batch_size, process_index, local)
+    yield range(first, first + local)
 
 
 def batch_indices(
@@ -135,13 +146,9 @@ def batch_indices(
   the records `train_batches` with the same arguments yields, for a split that lives on
   the device and is gathered there."""
   _check_order_args(size, batch_size, seed, start_step, process_index, process_count)
-  local = batch_size // process_count
   order = EpochOrder(size, seed)
-  for step in itertools.count(start_step):
-    yield np.asarray(
-      [_record_index(order, step, r, batch_size, process_index, local) for r in range(local)],
-      np.int32,
-    )
+  for positions in batch_positions(batch_size, start_step, process_index, process_count):
+    yield np.asarray([order(p) for p in positions], np.int32)
 
 
 def train_batches(
@@ -191,7 +198,7 @@ def train_batches(
     # Element j of this process's stream is row j % b of its batch j // b,
     # i.e. global position (j // b) * B + p * b + j % b.
     step, row = divmod(element, local)
-    return records[_record_index(order, step, row, batch_size, process_index, local)]
+    return records[order(_position(step, row, batch_size, process_index, local))]
 
   # Random access all the way: indexing `batches` at k reads only batch k.
   batches = (
