@@ -280,7 +280,11 @@ def test_score_study_external_csv(trained, test_split, tmp_path):
   assert report["images_without_score"] == len(ids) - len(scored)
   assert report["csv_ids_not_in_data"] == 1
   assert report["csv_ids_not_in_data_first"] == ["elsewhere.jpg"]
-  assert any("have no score" in w for w in warnings)
+  assert report["csv_ids_matched"] == {"exact": len(scored), "name": 0, "stem": 0}
+  (line,) = warnings  # one line, with the counts of matched and unmatched ids
+  assert f"{len(scored)} matched ({len(scored)} exact)" in line
+  assert f"{len(ids) - len(scored)} of synthetic/test unmatched" in line
+  assert f"1 of {path} unmatched (e.g. 'elsewhere.jpg')" in line and "\n" not in line
   rows = _read_csv(tmp_path / "out" / "scores.csv")
   assert [r["id"] for r in rows] == scored
   external = reference.read_scores_csv(path)

@@ -312,3 +312,30 @@ def test_eval_batches_on_a_plain_list():
     [f"ex_{i:04d}" for i in range(4, 8)],
     [f"ex_{i:04d}" for i in range(8, 10)],
   ]
+
+
+def test_tfds_opencv_note_is_dropped_and_other_absl_lines_kept(synthetic_data_dir, caplog):
+  import logging
+
+  from absl import logging as absl_logging
+
+  source = catalogue.open_split("synthetic", "test", synthetic_data_dir)
+  with caplog.at_level(logging.INFO, logger="absl"):
+    source[0]  # the first numpy decode of the process is where tfds logs its advice
+    absl_logging.warning(
+      "OpenCV is not installed. We recommend using OpenCV because it is faster according to"
+      " our benchmarks. Defaulting to PIL to decode images..."
+    )
+    absl_logging.warning("some other absl warning")
+  assert [r.getMessage() for r in caplog.records if r.name == "absl"] == ["some other absl warning"]
+
+
+def test_export_refuses_ids_sharing_a_stem_before_writing(tmp_path):
+  image = np.zeros((4, 4, 3), np.uint8)
+  records = [{"id": "x.jpg", "image": image}, {"id": "x.png", "image": image}]
+  with pytest.raises(VMSError, match=r"'x.jpg' and 'x.png' .* both be written as x.png"):
+    catalogue.export(records, tmp_path / "out")
+  assert not (tmp_path / "out").exists()
+  paths = catalogue.export(records[:1], tmp_path / "out")
+  assert paths == [tmp_path / "out" / "x.png"]
+  assert (tmp_path / "out" / "ids.csv").read_text().splitlines() == ["file,id", "x.png,x.jpg"]

@@ -211,3 +211,39 @@ def test_centre_bias_peaks_at_centre():
   # Corner pixel centre is (0.5 - 0.5/33) from the centre on both axes; sigma 0.25.
   d = 0.5 - 0.5 / 33
   assert np.isclose(c[0, 0], np.exp(-0.5 * 2 * d * d / 0.25**2))
+
+
+@pytest.mark.parametrize("scale", [1e-10, 1e-200, 255.0, 1e10])
+def test_scaled_maps_agree_across_metrics(scale):
+  # Constancy is relative to a map's own scale: a map times 1e-10 is the same map
+  # to every metric, not a flat one (an absolute std threshold called it constant).
+  m, other = _maps(7)
+  assert not metrics.is_constant(scale * m).any()
+  np.testing.assert_allclose(metrics.cc(scale * m, m), 1.0, rtol=1e-12)
+  np.testing.assert_allclose(metrics.rho2d(scale * m, m), 1.0, rtol=1e-12)
+  np.testing.assert_allclose(metrics.sim(scale * m, m), 1.0, rtol=1e-12)
+  np.testing.assert_allclose(metrics.kld(scale * m, m), 0.0, atol=1e-12)
+  # Against another map, scaling either side changes none of them.
+  for f in (metrics.cc, metrics.sim, metrics.kld):
+    np.testing.assert_allclose(f(scale * other, m), f(other, m), rtol=1e-9)
+    np.testing.assert_allclose(f(other, scale * m), f(other, m), rtol=1e-9)
+
+
+@pytest.mark.parametrize("value", [0.0, 1e-12, 0.4, 200.0])
+def test_constant_maps_agree_across_metrics(value):
+  rng = np.random.default_rng(2)
+  m = rng.uniform(size=(2, 6, 6))
+  flat = np.full((2, 6, 6), value)
+  # Rounding noise far below the map's own scale is still constant.
+  flat[:, 0, 0] *= 1 + 1e-12
+  assert metrics.is_constant(flat).all()
+  assert np.isnan(metrics.cc(flat, m)).all() and np.isnan(metrics.cc(m, flat)).all()
+  assert np.isnan(metrics.rho2d(flat, m)).all()
+  assert (metrics.sim(flat, m) == 0.0).all() and np.isnan(metrics.sim(m, flat)).all()
+  k = metrics.kld(m, flat)
+  if value == 0.0:
+    assert np.isnan(k).all()  # an all-zero ground truth is no distribution
+  else:  # a constant one is the uniform distribution, whatever its level
+    uniform = np.full(36, 1 / 36)
+    want = [stats.entropy(uniform, m[i].ravel()) for i in range(2)]
+    np.testing.assert_allclose(k, want, rtol=1e-9)

@@ -414,3 +414,114 @@ def test_train_encoder_params_loads_the_file(pth):
   c = tiny_config(**{"model.encoder.weights": pth, "model.encoder.preprocessing": "caffe"})
   with pytest.raises(VMSError, match=r"preprocessing=torch"):
     factory.encoder_params(c)
+
+
+# ----------------------------------------------------------------------- .keras archives
+
+
+def _keras_like_archive(path, weights_h5, compression=zipfile.ZIP_STORED):
+  """A zip laid out as Keras 3's model.save writes it, around a `.weights.h5`."""
+  with zipfile.ZipFile(path, "w", compression=compression, compresslevel=1) as zf:
+    zf.writestr("metadata.json", '{"keras_version": "3.0.0"}')
+    zf.writestr("config.json", "{}")
+    zf.write(weights_h5, "model.weights.h5")
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def keras3_weights(files, hwio) -> str:
+  p = files / "for_archive.weights.h5"
+  write_keras3(p, hwio, "conv2d")
+  return str(p)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # keras' torch backend, numpy 2
+def test_keras_archive_written_by_keras_matches_its_forward(files, hwio, images):
+  import os
+  import sys
+
+  if "keras" not in sys.modules:
+    os.environ["KERAS_BACKEND"] = "torch"  # torch is the test-only reference backend
+  keras = pytest.importorskip("keras")
+  model = keras.applications.VGG16(weights=None, include_top=False, input_shape=(64, 64, 3))
+  model.set_weights([hwio[name][part] for name in vgg16.LAYER_NAMES for part in ("kernel", "bias")])
+  path = files / "vgg16.keras"
+  model.save(path)
+  x = keras.applications.vgg16.preprocess_input(images.astype(np.float32))
+  want = np.asarray(keras.ops.convert_to_numpy(model(x, training=False)))
+  w = weights.load_vgg16(path)
+  assert (w.source, w.preprocessing) == ("keras3-keras", "caffe")
+  out = np.asarray(vgg16.features(w, images))
+  assert out.shape == want.shape == (2, 2, 2, 512) and np.linalg.norm(want) > 0
+  assert rel_err(out, want) <= RTOL
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_keras_archive_equals_its_weights_h5(files, keras3_weights, compression):
+  p = _keras_like_archive(files / f"archive_{compression}.keras", keras3_weights, compression)
+  got, want = weights.load_vgg16(p), weights.load_vgg16(keras3_weights)
+  assert got.source == "keras3-keras"
+  for name in vgg16.LAYER_NAMES:
+    for part in ("kernel", "bias"):
+      np.testing.assert_array_equal(got.params[name][part], want.params[name][part])
+
+
+def _misnamed(files) -> dict[str, tuple[Path, str]]:
+  """name -> (a file whose content is not what its extension says, the message fragment)."""
+  # Small files of each format: the content is refused before any layer is read.
+  small = {"block1_conv1": {"kernel": np.ones((3, 3, 3, 4), np.float32), "bias": np.ones(4)}}
+  h5 = files / "small.h5"
+  write_keras_legacy(h5, small, drop=tuple(vgg16.LAYER_NAMES[1:]))
+  write_keras3(files / "small.weights.h5", _every_layer(small))
+  archive = _keras_like_archive(files / "small.keras", files / "small.weights.h5")
+  pth = files / "small.pth"
+  torch.save({"features.0.weight": torch.zeros(4, 3, 3, 3)}, pth)
+  out: dict[str, tuple[Path, str]] = {}
+
+  def copy(name, data, fragment):
+    (files / name).write_bytes(data)
+    out[name] = (files / name, fragment)
+
+  copy("keras_as.h5", Path(archive).read_bytes(), "is a Keras 3 .keras archive (a zip holding "
+       "model.weights.h5), not an HDF5 file (Keras weights); rename it to .keras")  # fmt: skip
+  copy("pth_as.h5", Path(pth).read_bytes(), "is a PyTorch torch.save archive")
+  legacy = files / "legacy_for_misnamed.pth"
+  torch.save({"a": torch.zeros(2)}, legacy, _use_new_zipfile_serialization=False)
+  copy("legacy_pth_as.h5", legacy.read_bytes(), "is a Python pickle")
+  np.savez(files / "some.npz", a=np.zeros(3))
+  copy("npz_as.h5", (files / "some.npz").read_bytes(), "is a numpy .npz archive")
+  copy("page.h5", b"<!DOCTYPE html>\n<html><body>Sign in</body></html>\n", "is an HTML page")
+  copy("notes.h5", b"block1_conv1 64\nblock1_conv2 64\n", "is a text file (starting 'block1")
+  copy("empty.h5", b"", "is an empty file")
+  copy("h5_as.keras", Path(h5).read_bytes(), "is an HDF5 file, not a Keras 3 .keras")
+  copy("h5_as.pth", Path(h5).read_bytes(), "is an HDF5 file, not a PyTorch torch.save file")
+  data = Path(archive).read_bytes()
+  copy("truncated.keras", data[: len(data) // 2], "corrupt or truncated")
+  copy("zip_of_other.keras", (files / "some.npz").read_bytes(), "is a numpy .npz archive")
+  copy("keras_as.bin", data, "unknown weights extension '.bin', and the file is a Keras 3")
+  return out
+
+
+MISNAMED = (
+  "keras_as.h5 pth_as.h5 legacy_pth_as.h5 npz_as.h5 page.h5 notes.h5 empty.h5 h5_as.keras "
+  "h5_as.pth truncated.keras zip_of_other.keras keras_as.bin"
+).split()
+
+
+def _every_layer(small):
+  """`small`'s first layer under every trunk name, for `write_keras3`."""
+  return {name: small["block1_conv1"] for name in vgg16.LAYER_NAMES}
+
+
+@pytest.fixture(scope="module")
+def misnamed(files):
+  return _misnamed(files)
+
+
+@pytest.mark.parametrize("case", MISNAMED)
+def test_files_of_another_format_are_named_for_what_they_are(misnamed, case):
+  path, fragment = misnamed[case]
+  with pytest.raises(VMSError) as e:
+    weights.load_vgg16(path)
+  msg = str(e.value)
+  assert fragment in msg and str(path) in msg and "\n" not in msg

@@ -16,8 +16,10 @@ maps. Every metric takes (B, H, W) predicted and ground-truth maps and returns (
 Maps without a defined value (policy; NaN per image, left out of every mean and
 counted under `excluded` in `summarise`):
 
-- `rho2d`, `cc`: either map constant (per-pixel std below 1e-9, all-zero included) --
-  a correlation with a flat map is 0/0. Common for false VMS maps nobody marked.
+- `rho2d`, `cc`: either map constant (`is_constant`: per-pixel std below 1e-9 times the
+  map's own peak |value|, all-zero included) -- a correlation with a flat map is 0/0.
+  Common for false VMS maps nobody marked. The test is relative, so a map and the same
+  map times 1e-10 are both scored (CC 1, SIM 1, KLD 0).
 - `sim`: the ground-truth map constant (its min-max step is 0/0; the benchmark gives
   NaN too, or 0 for an all-zero map). A constant prediction is scored, not excluded:
   SIM = 0, as the benchmark scores an all-zero map (it would give NaN for a constant
@@ -42,9 +44,12 @@ CHANNELS: tuple[str, ...] = ("true", "false", "all")
 METRICS: tuple[str, ...] = ("rho2d", "mse", "cc", "sim", "kld")
 # MATLAB's `eps` (2^-52), used by the saliency benchmark inside KLdiv's log and division.
 EPS = float(np.finfo(np.float64).eps)
-# A map whose per-pixel standard deviation is below this counts as constant: a
-# correlation with it would be rounding noise.
-CONSTANT_STD = 1e-9
+# A map whose per-pixel standard deviation is below this fraction of its own peak
+# |value| counts as constant: what variation it has is rounding noise (a float32 map
+# differing by one ulp in one of 224^2 pixels is ~3e-10 of its peak), so a correlation
+# or a min-max step with it would amplify noise. Relative, not absolute: maps on any
+# scale (a prediction times 1e-10, maps on 0-255) get the same verdict.
+CONSTANT_RTOL = 1e-9
 
 
 def split_channels(maps: np.ndarray) -> dict[str, np.ndarray]:
@@ -59,9 +64,22 @@ def _flat(x: np.ndarray) -> np.ndarray:
   return x.reshape(len(x), -1)
 
 
+def _constant_rows(x: np.ndarray) -> np.ndarray:
+  """(B, P) -> (B,) bool: std <= CONSTANT_RTOL * max |x|; an all-zero row is constant."""
+  peak = np.max(np.abs(x), axis=1, keepdims=True)
+  # Over the peak first: the squares inside std would underflow for maps near 1e-200.
+  unit = np.divide(x, peak, out=np.zeros_like(x), where=peak > 0)
+  return np.std(unit, axis=1) <= CONSTANT_RTOL
+
+
 def is_constant(maps: np.ndarray) -> np.ndarray:
-  """(B, H, W) -> (B,) bool: the map has (numerically) no variation."""
-  return np.std(_flat(maps), axis=1) < CONSTANT_STD
+  """(B, H, W) -> (B,) bool: the map has (numerically) no variation.
+
+  Relative to the map's own scale: its per-pixel standard deviation is at most
+  `CONSTANT_RTOL` times its peak |value|. All-zero maps are constant. Every metric
+  that needs a non-constant map (rho2d, cc, sim) uses this test.
+  """
+  return _constant_rows(_flat(maps))
 
 
 def mse(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -76,13 +94,22 @@ def rho2d(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
   NaN where either map is constant.
   """
   a, b = _flat(pred), _flat(target)
-  a = a - a.mean(axis=1, keepdims=True)
-  b = b - b.mean(axis=1, keepdims=True)
-  constant = is_constant(pred) | is_constant(target)
-  den = np.sqrt(np.sum(a * a, axis=1) * np.sum(b * b, axis=1))
+  constant = _constant_rows(a) | _constant_rows(b)
+  # Centred, then each row over its own peak: the correlation does not change, and
+  # the squares below can neither underflow (maps times 1e-200) nor overflow.
+  a = _centred_unit(a)
+  b = _centred_unit(b)
+  den = np.sqrt(np.sum(a * a, axis=1)) * np.sqrt(np.sum(b * b, axis=1))
   out = np.full(len(a), np.nan)
   out[~constant] = np.sum(a * b, axis=1)[~constant] / den[~constant]
   return out
+
+
+def _centred_unit(x: np.ndarray) -> np.ndarray:
+  """(B, P) rows minus their mean, over their peak |deviation| (all-zero rows stay 0)."""
+  x = x - x.mean(axis=1, keepdims=True)
+  peak = np.max(np.abs(x), axis=1, keepdims=True)
+  return np.divide(x, peak, out=np.zeros_like(x), where=peak > 0)
 
 
 def cc(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -94,21 +121,30 @@ def cc(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
   assumed. NaN where either map is constant.
   """
   a, b = _flat(pred), _flat(target)
-  constant = is_constant(pred) | is_constant(target)
+  constant = _constant_rows(a) | _constant_rows(b)
   with np.errstate(divide="ignore", invalid="ignore"):
-    # ddof=1 as MATLAB's std; it cancels in the correlation.
-    za = (a - a.mean(axis=1, keepdims=True)) / a.std(axis=1, ddof=1, keepdims=True)
-    zb = (b - b.mean(axis=1, keepdims=True)) / b.std(axis=1, ddof=1, keepdims=True)
+    za, zb = _zscore(a), _zscore(b)
     out = rho2d(za.reshape(np.shape(pred)), zb.reshape(np.shape(target)))
   out[constant] = np.nan
   return out
+
+
+def _zscore(x: np.ndarray) -> np.ndarray:
+  """(B, P) rows standardised as the benchmark does (ddof=1, as MATLAB's std).
+
+  Each row is divided by its peak |value| first, which the z-score undoes exactly,
+  so that the std of a map near 1e-200 does not underflow to 0.
+  """
+  peak = np.max(np.abs(x), axis=1, keepdims=True)
+  u = np.divide(x, peak, out=np.zeros_like(x), where=peak > 0)
+  return (u - u.mean(axis=1, keepdims=True)) / u.std(axis=1, ddof=1, keepdims=True)
 
 
 def _minmax_sum(x: np.ndarray) -> np.ndarray:
   """(B, P) -> (B, P): min-max to [0, 1] then divide by the sum; constant rows -> 0."""
   lo = x.min(axis=1, keepdims=True)
   span = x.max(axis=1, keepdims=True) - lo
-  constant = np.std(x, axis=1) < CONSTANT_STD
+  constant = _constant_rows(x)
   out = np.zeros_like(x)
   out[~constant] = (x[~constant] - lo[~constant]) / span[~constant]
   total = out.sum(axis=1, keepdims=True)

@@ -1,4 +1,4 @@
-"""Loading ImageNet VGG-16 trunk weights exactly: Keras .h5, torchvision .pth, vmsjax .npz.
+"""Loading ImageNet VGG-16 trunk weights exactly: Keras .h5/.keras, torchvision .pth, .npz.
 
 Every loader returns the Flax trunk pytree of `vmsjax.models.vgg16.VGG16Trunk`
 ({"block1_conv1": {"kernel": (3, 3, 3, 64) HWIO, "bias": (64,)}, ...}, float32 numpy)
@@ -7,10 +7,12 @@ mixed up: Keras weights expect "caffe" input, torchvision weights expect "torch"
 
 Loading is strict: a missing, extra or misshapen layer, a non-float tensor, a corrupt or
 truncated file and a file that is not a VGG-16 at all each raise a one-line VMSError.
-The file formats are read by vmsjax.weights_keras (.h5) and vmsjax.weights_torch (.pth,
-read without torch: a restricted unpickler that only knows the handful of globals a
+The file formats are read by vmsjax.weights_keras (.h5, .keras) and vmsjax.weights_torch
+(.pth, read without torch: a restricted unpickler that only knows the handful of globals a
 state dict needs); this module maps their layers onto the trunk, checks them, and
-reads and writes vmsjax's own .npz.
+reads and writes vmsjax's own .npz. Before a reader runs, the file's first bytes are
+checked against its extension (`sniff`), so a file of another format (a .keras or a
+.pth renamed .h5, an HTML error page saved as weights) is named for what it is.
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ from vmsjax.models import vgg16
 
 Params = dict[str, dict[str, np.ndarray]]
 
-SOURCES: tuple[str, ...] = ("keras-h5", "keras3-h5", "torchvision-pth", "vmsjax-npz")
+SOURCES: tuple[str, ...] = (
+  "keras-h5",
+  "keras3-h5",
+  "keras3-keras",
+  "torchvision-pth",
+  "vmsjax-npz",
+)
 
 # torchvision names its files after the first 8 hex digits of their sha256.
 KNOWN_SHA256_PREFIX: dict[str, str] = {"397923af": "torchvision vgg16-397923af.pth"}
@@ -230,6 +238,119 @@ def _load_npz(path: str) -> tuple[dict[str, dict[str, np.ndarray]], str]:
   return layers, preprocessing
 
 
+# ---------------------------------------------------------------------------- sniffing
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")  # a member first; an empty archive
+
+# Extension -> the kinds of `sniff` its reader takes. "unknown" and "damaged-zip" go to
+# the .pth and .npz readers, whose own messages say what is wrong with such files.
+_ACCEPTS: dict[str, tuple[str, ...]] = {
+  ".h5": ("hdf5",),
+  ".hdf5": ("hdf5",),
+  ".keras": ("keras", "damaged-zip"),
+  ".pth": ("torch", "pickle", "unknown", "damaged-zip"),
+  ".pt": ("torch", "pickle", "unknown", "damaged-zip"),
+  ".npz": ("npz", "unknown", "damaged-zip"),
+}
+_EXPECTED = {
+  ".h5": "an HDF5 file (Keras weights)",
+  ".hdf5": "an HDF5 file (Keras weights)",
+  ".keras": "a Keras 3 .keras archive",
+  ".pth": "a PyTorch torch.save file",
+  ".pt": "a PyTorch torch.save file",
+  ".npz": "a .npz from vmsjax convert-vgg16",
+}
+_ADVICE = {
+  "hdf5": "rename it to .h5",
+  "keras": "rename it to .keras",
+  "torch": "rename it to .pth",
+  "pickle": "if torch.save wrote it, rename it to .pth",
+  "npz": "rename it to .npz",
+  "zip": "pass the weights file inside it (.h5, .pth), not the archive",
+  "damaged-zip": "the file is corrupt or truncated, download it again",
+  "unknown": "the file is corrupt or truncated, download it again",
+}
+
+
+def _hdf5_at(f: Any, size: int) -> bool:
+  """An HDF5 superblock at offset 0, 512, 1024, 2048, ... (after a user block)."""
+  offset = 0
+  while offset + len(_HDF5_SIGNATURE) <= size:
+    f.seek(offset)
+    if f.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE:
+      return True
+    offset = 512 if offset == 0 else offset * 2
+  return False
+
+
+def sniff(path: str) -> tuple[str, str]:
+  """What a file is, from its first bytes (and a zip's member names), not its name.
+
+  Returns:
+    (kind, description): kind one of "hdf5", "keras" (a .keras zip holding
+    model.weights.h5), "torch" (torch.save's zip, with data.pkl), "npz", "zip",
+    "damaged-zip", "pickle" (torch.save's legacy format among others), "npy",
+    "gzip", "image", "html", "text", "empty", "unknown"; the description is a
+    phrase for messages ("a Keras 3 .keras archive (a zip holding model.weights.h5)").
+  """
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    head = f.read(512)
+    if not head:
+      return "empty", "an empty file (0 bytes)"
+    if _hdf5_at(f, size):
+      return "hdf5", "an HDF5 file"
+  if head[:4] in _ZIP_SIGNATURES:
+    try:
+      with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+      return "damaged-zip", "a damaged or truncated zip archive"
+    if weights_keras.KERAS_ARCHIVE_WEIGHTS in names or {"config.json", "metadata.json"} <= set(
+      names
+    ):
+      return (
+        "keras",
+        f"a Keras 3 .keras archive (a zip holding {weights_keras.KERAS_ARCHIVE_WEIGHTS})",
+      )
+    if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+      return "torch", "a PyTorch torch.save archive (a zip holding data.pkl)"
+    if names and all(n.endswith(".npy") for n in names):
+      return "npz", "a numpy .npz archive"
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return "zip", f"a zip archive (holding {shown or 'nothing'})"
+  if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+    return "pickle", "a Python pickle (the format of legacy torch.save files)"
+  if head.startswith(b"\x93NUMPY"):
+    return "npy", "a single numpy .npy array"
+  if head.startswith(b"\x1f\x8b"):
+    return "gzip", "a gzip-compressed file"
+  if head.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF8")):
+    return "image", "an image (PNG, JPEG or GIF)"
+  try:
+    text = head.decode("utf-8")
+  except UnicodeDecodeError as e:
+    # A multi-byte character cut at byte 512 is still text; anything else is not.
+    text = head[: e.start].decode("utf-8") if e.start >= len(head) - 3 else ""
+  if text and all(c.isprintable() or c in "\t\r\n" for c in text):
+    start = text.lstrip().lower()
+    if start.startswith(("<!doctype html", "<html")) or "<html" in start[:200]:
+      return "html", "an HTML page (typically what a failed or login-walled download saves)"
+    first = " ".join(text.split())[:40]
+    return "text", f"a text file (starting {first!r})"
+  return "unknown", "a file whose first bytes match no known format"
+
+
+def _check_content(path: str, ext: str) -> None:
+  """Refuses a file whose content is not what its extension promises, naming what it is."""
+  kind, what = sniff(path)
+  if kind in _ACCEPTS[ext]:
+    return
+  advice = _ADVICE.get(kind, "download the weights again")
+  raise VMSError(f"{path}: this is {what}, not {_EXPECTED[ext]}; {advice}")
+
+
 # ---------------------------------------------------------------------------- public API
 
 
@@ -245,15 +366,22 @@ def load_vgg16(path: str | os.PathLike) -> VGGWeights:
     torchvision) and the file's identity.
 
   Raises:
-    VMSError: unknown extension, unreadable/corrupt/truncated file, or anything other
-      than exactly the 13 VGG-16 convolutions with the right shapes.
+    VMSError: unknown extension, a file whose content is another format than its
+      extension says (the message names what it is), unreadable/corrupt/truncated
+      file, or anything other than exactly the 13 VGG-16 convolutions with the right
+      shapes.
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise VMSError(f"{path}: no such file; pass the path of a VGG-16 .h5, .pth or .npz")
   ext = os.path.splitext(path)[1].lower()
+  if ext in _ACCEPTS:
+    _check_content(path, ext)
   if ext in (".h5", ".hdf5"):
     layers, source = weights_keras.read_h5(path)
+    preprocessing = "caffe"
+  elif ext == ".keras":
+    layers, source = weights_keras.read_keras_archive(path)
     preprocessing = "caffe"
   elif ext in (".pth", ".pt"):
     layers, source, preprocessing = _load_pth(path), "torchvision-pth", "torch"
@@ -261,9 +389,13 @@ def load_vgg16(path: str | os.PathLike) -> VGGWeights:
     layers, preprocessing = _load_npz(path)
     source = "vmsjax-npz"
   else:
+    kind, what = sniff(path)
+    if kind in ("hdf5", "keras", "torch", "npz"):
+      advice = _ADVICE[kind]
+    else:
+      advice = "use a Keras .h5 or .keras, a torchvision .pth or a .npz from vmsjax convert-vgg16"
     raise VMSError(
-      f"{path}: unknown weights extension {ext or '(none)'!r}; use a Keras .h5, a torchvision "
-      ".pth or a .npz from vmsjax convert-vgg16"
+      f"{path}: unknown weights extension {ext or '(none)'!r}, and the file is {what}; {advice}"
     )
   if layers and not set(layers) & set(vgg16.LAYER_NAMES):
     raise _not_vgg16(path, sorted(layers))

@@ -1,15 +1,19 @@
-"""Reading the VGG-16 layers of a Keras HDF5 weights file (.h5, .hdf5).
+"""Reading the VGG-16 layers of Keras weights: HDF5 files (.h5, .hdf5) and .keras archives.
 
-Two layouts: Keras 1/2 `save_weights` / `save` files, whose root attrs list the
+Two HDF5 layouts: Keras 1/2 `save_weights` / `save` files, whose root attrs list the
 layer groups (`layer_names`, `weight_names`), and Keras 3 `.weights.h5` files, whose
-layers sit under `layers/<name>/vars/{0,1}`. Either way the result is the raw layers,
+layers sit under `layers/<name>/vars/{0,1}`. A Keras 3 `.keras` archive (`model.save`)
+is a zip whose `model.weights.h5` has the Keras 3 layout; it is read in place, without
+unpacking the archive to disk. Either way the result is the raw layers,
 {name: {"kernel": HWIO, "bias": (C,)}}, classifier dropped; vmsjax.weights checks
 them strictly.
 """
 
 from __future__ import annotations
 
+import io
 import re
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -132,6 +136,10 @@ def _keras3_layers(path: str, root: Any) -> dict[str, dict[str, np.ndarray]]:
   return layers
 
 
+# The weights inside a Keras 3 `.keras` archive (keras/src/saving/saving_lib.py).
+KERAS_ARCHIVE_WEIGHTS = "model.weights.h5"
+
+
 def read_h5(path: str) -> tuple[dict[str, dict[str, np.ndarray]], str]:
   """Reads the layers of a Keras HDF5 file.
 
@@ -143,14 +151,68 @@ def read_h5(path: str) -> tuple[dict[str, dict[str, np.ndarray]], str]:
     VMSError: not an HDF5 file, a corrupt or truncated one, or weights that are not
       a plain convolution stack.
   """
+  return _read_hdf5(path, path, "download it again")
+
+
+def read_keras_archive(path: str) -> tuple[dict[str, dict[str, np.ndarray]], str]:
+  """Reads the layers of a Keras 3 `.keras` archive (its `model.weights.h5`).
+
+  Returns:
+    The layers by name, as `read_h5`, and the layout "keras3-keras".
+
+  Raises:
+    VMSError: not a zip, a damaged one, a zip without `model.weights.h5`, or weights
+      that `read_h5` would refuse.
+  """
+  again = "save it again with Keras' model.save"
+  try:
+    zf = zipfile.ZipFile(path)
+  except (zipfile.BadZipFile, OSError) as e:
+    raise VMSError(
+      f"{path}: not a readable .keras archive ({' '.join(str(e).split())}); the file is "
+      f"corrupt or truncated, {again}"
+    ) from e
+  with zf:
+    names = zf.namelist()
+    if KERAS_ARCHIVE_WEIGHTS not in names:
+      shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+      hint = (
+        "its weights are in model.weights.npz, which vmsjax does not read: save them with "
+        "model.save_weights('vgg16.weights.h5') and pass that"
+        if "model.weights.npz" in names
+        else "pass a .keras written by Keras 3's model.save, or a .h5 weights file"
+      )
+      raise VMSError(
+        f"{path}: the archive has no {KERAS_ARCHIVE_WEIGHTS} (it holds {shown or 'nothing'}); "
+        + hint
+      )
+    info = zf.getinfo(KERAS_ARCHIVE_WEIGHTS)
+    where = f"{path} ({KERAS_ARCHIVE_WEIGHTS} inside)"
+    try:
+      with zf.open(info) as member:
+        # Keras stores the member uncompressed, and then h5py reads it in place
+        # (ZipExtFile seeks cheaply); a deflated member would re-inflate on every
+        # backwards seek, so that one is read into memory first.
+        fileobj = member if info.compress_type == zipfile.ZIP_STORED else io.BytesIO(member.read())
+        layers, _ = _read_hdf5(where, fileobj, again)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+      raise VMSError(
+        f"{where}: could not be read ({type(e).__name__}: {' '.join(str(e).split())}); "
+        f"the archive is corrupt or truncated, {again}"
+      ) from e
+  return layers, "keras3-keras"
+
+
+def _read_hdf5(path: str, source: Any, again: str) -> tuple[dict[str, dict[str, np.ndarray]], str]:
+  """Reads the layers of an HDF5 file or file object; messages name `path`."""
   import h5py
 
   try:
-    f = h5py.File(path, "r")
+    f = h5py.File(source, "r")
   except OSError as e:
     raise VMSError(
       f"{path}: not a readable HDF5 file ({' '.join(str(e).split())}); the file is corrupt "
-      "or truncated, download it again"
+      f"or truncated, {again}"
     ) from e
   try:
     with f:
@@ -163,5 +225,5 @@ def read_h5(path: str) -> tuple[dict[str, dict[str, np.ndarray]], str]:
   except Exception as e:  # h5py raises OSError/KeyError/RuntimeError on damaged files
     raise VMSError(
       f"{path}: could not read the HDF5 contents ({type(e).__name__}: "
-      f"{' '.join(str(e).split())}); the file is corrupt or truncated, download it again"
+      f"{' '.join(str(e).split())}); the file is corrupt or truncated, {again}"
     ) from e

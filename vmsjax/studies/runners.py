@@ -126,10 +126,13 @@ def run_scores(
   """Score study: map scores against reference scores; writes scores.{json,md,csv}.
 
   The reference is the records' `score` feature, or the CSV `scores_csv` (an external
-  predictor such as AMNet). With a CSV, the split's images without a score in it, and
-  the CSV's ids not in the split, are counted and reported (the first 20 named in
-  the JSON); the study runs on the images that have one. The seeded subset of `subset`
-  images is drawn from those.
+  predictor such as AMNet). The CSV's ids join the split's through
+  `reference.join_scores`: exactly, else by base name, else by stem (so a predictor's
+  `sun_1.png` over a `vmsjax data export` folder is the image `sun_1.jpg`); an
+  ambiguous id, or none matching, is an error. The split's images without a score,
+  and the CSV's ids not in the split, are counted and reported (one line to `warn`,
+  the first 20 named in the JSON); the study runs on the images that have one. The
+  seeded subset of `subset` images is drawn from those.
 
   Args:
     trained: from `inference.load`; may be None when `maps` is "truth".
@@ -153,29 +156,17 @@ def run_scores(
   matching: dict[str, Any] = {}
   external: dict[str, float] | None = None
   if scores_csv is not None:
-    external = reference.read_scores_csv(scores_csv, score_column)
-    in_split = set(ids)
-    without = [ids[i] for i in candidates if ids[i] not in external]
-    unknown = sorted(k for k in external if k not in in_split)
+    external, joined = reference.join_scores(
+      ids, reference.read_scores_csv(scores_csv, score_column), name, str(scores_csv), warn
+    )
     candidates = [i for i in candidates if ids[i] in external]
     matching = {
-      "images_without_score": len(without),
-      "images_without_score_first": sorted(without)[:20],
-      "csv_ids_not_in_data": len(unknown),
-      "csv_ids_not_in_data_first": unknown[:20],
+      "images_without_score": len(joined.unmatched_data),
+      "images_without_score_first": joined.unmatched_data[:20],
+      "csv_ids_not_in_data": len(joined.unmatched_external),
+      "csv_ids_not_in_data_first": joined.unmatched_external[:20],
+      "csv_ids_matched": joined.levels,
     }
-    if without:
-      warn(
-        f"{len(without)} of {len(ids)} images of {name} have no score in "
-        f"{scores_csv} (e.g. {', '.join(sorted(without)[:3])}); they are left out"
-      )
-    if unknown:
-      warn(f"{len(unknown)} ids of {scores_csv} are not in {name}")
-    if not candidates:
-      raise VMSError(
-        f"no id of {scores_csv} matches an image of {name} (ids look like "
-        f"{ids[0]!r} there, {next(iter(external))!r} in the CSV); check the id column"
-      )
   elif len(source) and "score" not in source[0]:
     raise VMSError(
       f"{name} has no `score` feature; give reference scores as a CSV "
