@@ -40,12 +40,50 @@ def test_unknown_config_key(capsys, tmp_path):
     ("model.latent=-4", "model.latent=-4"),
     ("loss.reconstruction=huber", "loss.reconstruction='huber'"),
     ("data.image_size=100", "multiple of 32"),
-    ("model.latent=abc", "model.latent expects a int"),
+    ("model.latent=abc", "model.latent expects an integer"),
+    # Issue 16: values that used to pass validation.
+    ("optim.learning_rate=1e999", "optim.learning_rate=inf: must be a finite number"),
+    ("optim.learning_rate=nan", "optim.learning_rate=nan: must be a finite number"),
+    ("optim.learning_rate=-inf", "optim.learning_rate=-inf: must be a finite number"),
+    ("optim.learning_rate=0", "optim.learning_rate=0.0: must be a finite number > 0"),
+    ("model.latent=True", "model.latent expects an integer, got 'True'"),
+    ("loss.weights.kl=false", "loss.weights.kl expects a number, got 'false'"),
   ],
 )
 def test_invalid_config_values(capsys, tmp_path, override, needle):
   code, err = _run(capsys, ["train", *TINY, "--workdir", str(tmp_path), f"--config.{override}"])
   assert code == 2 and needle in _error_line(err)
+
+
+@pytest.mark.parametrize(
+  "text, needle",
+  [
+    ("c.model.latent = True", "model.latent=True: must be an integer, not true/false"),
+    ("c.loss.weights.kl = float('inf')", "loss.weights.kl=inf: must be a finite number"),
+  ],
+)
+def test_config_file_values_are_checked(capsys, tmp_path, text, needle):
+  """A config file can set what an override cannot: validation checks the types too."""
+  path = tmp_path / "bad.py"
+  path.write_text(
+    "from vmsjax import config as config_lib\n\n\ndef get_config(arg):\n"
+    f"  c = config_lib.base_config()\n  {text}\n  return c\n"
+  )
+  code, err = _run(capsys, ["train", "--config", str(path), "--workdir", str(tmp_path / "w")])
+  assert code == 2 and needle in _error_line(err)
+
+
+@pytest.mark.parametrize(
+  "name, body, needle",
+  [
+    ("some.txt", "x = 1", "is not a Python file"),
+    ("some.py", "x = 1", "has no get_config(arg) function"),
+  ],
+)
+def test_config_file_not_a_config(capsys, tmp_path, name, body, needle):
+  (tmp_path / name).write_text(body)
+  code, err = _run(capsys, ["train", "--config", str(tmp_path / name), "--workdir", str(tmp_path)])
+  assert code == 2 and needle in _error_line(err) and "Traceback" not in err
 
 
 def test_unknown_config_arg(capsys, tmp_path):

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from vmsjax.data import catalogue, pipeline, schema, synthetic
+from vmsjax.data import catalogue, export, pipeline, schema, synthetic
 from vmsjax.errors import VMSError
 
 
@@ -334,8 +334,8 @@ def test_export_refuses_ids_sharing_a_stem_before_writing(tmp_path):
   image = np.zeros((4, 4, 3), np.uint8)
   records = [{"id": "x.jpg", "image": image}, {"id": "x.png", "image": image}]
   with pytest.raises(VMSError, match=r"'x.jpg' and 'x.png' .* both be written as x.png"):
-    catalogue.export(records, tmp_path / "out")
+    export.export(records, tmp_path / "out")
   assert not (tmp_path / "out").exists()
-  paths = catalogue.export(records[:1], tmp_path / "out")
+  paths = export.export(records[:1], tmp_path / "out")
   assert paths == [tmp_path / "out" / "x.png"]
   assert (tmp_path / "out" / "ids.csv").read_text().splitlines() == ["file,id", "x.png,x.jpg"]

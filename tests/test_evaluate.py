@@ -2,11 +2,14 @@
 
 import json
 import math
+import shutil
+import types
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import tiny_config
 from vmsjax import cli, eval_report, evaluate, inference, metrics, records
 from vmsjax.data import schema
 from vmsjax.errors import VMSError
@@ -275,3 +278,144 @@ def test_baselines_given_as_functions_and_memoised():
   chosen = evaluate.baseline_functions({"counting": counting}, memoise=True)
   assert list(chosen) == ["counting"] and chosen["counting"] is not counting
   assert evaluate.parse_baselines(evaluate.baseline_functions(None, memoise=True)) == ("centre",)
+
+
+# ---------------------------------------------------------------------------------
+# The ridge baseline, on a copy of the trained workdir (evaluate writes WORKDIR/eval,
+# and the report fixture above owns the original's test-12 files). Its splits are cut
+# to every 16th training and every 8th test image in id order (40 and 20): the trunk
+# then encodes 60 images instead of 800, each twice (evaluate, and here independently).
+SUBSET = {"train": 16, "test": 8}
+
+
+def _subset(name, split, data_dir):
+  from vmsjax.data import catalogue
+
+  source = catalogue.open_split(name, split, data_dir)
+  order = sorted(range(len(source)), key=lambda i: source.ids()[i])
+  return [source[i] for i in order[:: SUBSET[split]]]
+
+
+@pytest.fixture(scope="module")
+def ridge_run(trained_workdir, tmp_path_factory):
+  from vmsjax.data import catalogue
+
+  work = tmp_path_factory.mktemp("ridge") / "run"
+  shutil.copytree(trained_workdir, work, ignore=shutil.ignore_patterns("eval"))
+  config = inference.load_config(work)
+  splits = {s: _subset(config.data.name, s, config.data.data_dir) for s in SUBSET}
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(catalogue, "open_split", lambda name, split, data_dir: splits[split])
+    report = evaluate.evaluate(work, checkpoint=12, baselines="centre,ridge")
+  return work, report, splits
+
+
+def _independent_features(config, records):
+  """Trunk features and maps of records, computed here from the config alone."""
+  import jax
+
+  from vmsjax import factory, pixels
+  from vmsjax.data import augment
+
+  image = np.stack([r["image"] for r in records])
+  vms = np.stack([r["vms"] for r in records])
+  encoder, params = factory.make_encoder(config), factory.encoder_params(config)
+  hw = factory.image_hw(config)
+
+  @jax.jit
+  def features(image, vms):
+    ident = augment.identity(image.shape[0])
+    resized = augment.warp(image, ident, hw)
+    return pixels.encode(config, encoder, params, resized), augment.warp(vms, ident, hw)
+
+  # In chunks of 20 (both splits divide by it): one compilation of the trunk.
+  parts = [features(image[i : i + 20], vms[i : i + 20]) for i in range(0, len(image), 20)]
+  x = np.concatenate([np.asarray(p[0], np.float64) for p in parts])
+  y = np.concatenate([np.asarray(p[1], np.float64) for p in parts])
+  return x.reshape(len(x), -1), y
+
+
+def test_ridge_baseline_equals_an_independent_fit(ridge_run):
+  work, report, splits = ridge_run
+  assert list(report["baselines"]) == ["centre", "ridge"] and report["images"] == 20
+  fit = report["baseline_fits"]["ridge"]
+  assert list(report["baseline_fits"]) == ["ridge"]
+  # tiny config: 32 px inputs, 1x1x512 features, maps compared at 32x32; 40 training
+  # images (fewer than 640: a fifth held out), fewer than features: the dual form.
+  assert fit["feature_shape"] == [1, 1, 512] and fit["map_shape"] == [32, 32, 2]
+  assert fit["rows"] == 40 and fit["held_out"] == 8 and fit["form"] == "dual"
+
+  config = inference.load_config(work)
+  x, y = _independent_features(config, splits["train"])
+  x_test, y_test = _independent_features(config, splits["test"])
+  y = y.reshape(len(y), -1)
+  # The penalty: by held-out MSE of clipped predictions, the last 8 ids held out, the
+  # grid relative to the mean squared norm of the centred fitted rows.
+  xf, yf, xv, yv = x[:32], y[:32], x[32:], y[32:]
+  scale = np.mean(np.sum((xf - xf.mean(0)) ** 2, axis=1))
+  np.testing.assert_allclose(fit["scale"], scale, rtol=1e-4)
+
+  def solve(xs, ys, penalty):
+    xm, ym = xs.mean(0), ys.mean(0)
+    w = np.linalg.solve(
+      (xs - xm).T @ (xs - xm) + penalty * np.eye(xs.shape[1]), (xs - xm).T @ (ys - ym)
+    )
+    return lambda z: np.clip((z - xm) @ w + ym, 0.0, 1.0)
+
+  errors = [np.mean((solve(xf, yf, g * scale)(xv) - yv) ** 2) for g in fit["relative_grid"]]
+  np.testing.assert_allclose(fit["held_out_mse"], errors, rtol=1e-4)
+  best = int(np.argmin(errors))
+  assert fit["relative_penalty"] == fit["relative_grid"][best]
+  # Refitted on all 40 with that penalty, scored like every baseline.
+  pred = solve(x, y, fit["penalty"])(x_test).reshape(y_test.shape)
+  expected = metrics.summarise(metrics.per_image(pred, y_test))
+  # The trunk's features here and in evaluate agree to float32 rounding (other batch
+  # shapes); KLD amplifies it where a clipped prediction is near 0 (log of p + eps).
+  for c in metrics.CHANNELS:
+    for m, rel in (("rho2d", 1e-4), ("mse", 1e-4), ("sim", 1e-4), ("kld", 1e-2)):
+      got = report["baselines"]["ridge"][c][m]
+      assert got == pytest.approx(expected[c][m], rel=rel), (c, m)
+
+
+def test_ridge_rows_in_json_and_markdown(ridge_run):
+  work, report, _ = ridge_run
+  on_disk = json.loads((work / "eval" / "test-12.json").read_text())
+  assert on_disk == report
+  leaf = report["categories"]["leaf"]
+  assert all(set(v["baselines"]) == {"centre", "ridge"} for v in leaf.values())
+  md = (work / "eval" / "test-12.md").read_text()
+  assert eval_report.markdown_report(on_disk) == md
+  t1 = _rows(md, "Table 1")
+  ridge_rows = t1[6:9]
+  assert ridge_rows[0][0] == "ridge" and [r[1] for r in ridge_rows] == list(metrics.CHANNELS)
+  for row, c in zip(ridge_rows, metrics.CHANNELS, strict=True):
+    s = report["baselines"]["ridge"][c]
+    assert row[2] == f"{s['rho2d']:.3f}" and row[4] == f"{s['mse']:.4f}"
+  cats = _rows(md, "Per category")
+  header = md.split("## Per category", 1)[1].split("| level |", 1)[1].splitlines()[0]
+  assert "ridge true | ridge false | ridge all" in header
+  assert cats[0][-3] == f"{leaf['kitchen']['baselines']['ridge']['true']['rho2d']:.3f}"
+  grid = _rows(md, "How the ridge baseline was fitted")
+  fit = report["baseline_fits"]["ridge"]
+  assert len(grid) == len(fit["relative_grid"])
+  assert [r[3] for r in grid].count("chosen") == 1
+  assert "scored on the last 8" in md and "clipped to [0, 1]" in md
+
+
+def test_fitted_baselines_are_memoised_per_features_and_target():
+  calls = []
+
+  def fit(run, features, target):
+    calls.append(1)
+    return target * 0.5, {"calls": len(calls)}
+
+  # A run stands in by what the memo key reads of it: the training dataset's name.
+  run = evaluate.Run(types.SimpleNamespace(config=tiny_config()), "data", features=None)
+  once = evaluate.memoised(evaluate.FittedBaseline(fit))
+  assert isinstance(once, evaluate.FittedBaseline)
+  features = np.ones((2, 1, 1, 4), np.float32)
+  target = np.zeros((2, 4, 4, 2), np.float32)
+  assert once.fit(run, features, target)[1] == {"calls": 1}
+  assert once.fit(run, features.copy(), target.copy())[1] == {"calls": 1}
+  assert once.fit(run, features + 1, target)[1] == {"calls": 2}  # another trunk
+  assert isinstance(evaluate.baseline_functions("ridge")["ridge"], evaluate.FittedBaseline)

@@ -178,3 +178,42 @@ def test_missing_input_is_one_line_error(capsys, tmp_path, trained_workdir):
   assert code == 2 and "nope.png" in err and len(err.strip().splitlines()) == 1
   with pytest.raises(VMSError, match="no images given"):
     predict_lib.find_images([])
+
+
+def test_count_says_predicted_and_skipped_when_the_only_file_is_skipped(images, trained, tmp_path):
+  folder, _ = images
+  lines, warned = [], []
+  result = predict_lib.predict_files(
+    trained,
+    predict_lib.Found([folder / "broken.png"], []),
+    tmp_path / "out",
+    log=lines.append,
+    warn=warned.append,
+  )
+  assert result.rows == [] and len(result.skipped) == 1 and len(warned) == 1
+  assert lines == ["1/1 files done: 0 predicted, 1 skipped"]
+
+
+def test_normalise_per_image_changes_the_overlays_only(images, trained, tmp_path):
+  folder, arrays = images
+  found = predict_lib.Found([folder / "c.jpg"], [])
+  outs = {}
+  for mode in predict_lib.NORMALISE:
+    outs[mode] = tmp_path / mode
+    predict_lib.predict_files(
+      trained, found, outs[mode], figures_too=False, log=lambda _: None, normalise=mode
+    )
+  raw, shown = outs["none"], outs["per-image"]
+  np.testing.assert_array_equal(np.load(raw / "npy" / "c.npy"), np.load(shown / "npy" / "c.npy"))
+  assert (raw / "scores.csv").read_text() == (shown / "scores.csv").read_text()
+  full = np.load(shown / "full" / "c.npy")
+  scaled = predict_lib.per_image_range(full)
+  np.testing.assert_allclose(scaled.min((0, 1)), 0.0)
+  np.testing.assert_allclose(scaled.max((0, 1)), 1.0, rtol=1e-6)
+  with Image.open(shown / "overlay" / "c.png") as im:
+    np.testing.assert_array_equal(np.asarray(im), figures.overlay(arrays["c.jpg"], scaled))
+  with Image.open(raw / "overlay" / "c.png") as im:
+    assert not np.array_equal(np.asarray(im), figures.overlay(arrays["c.jpg"], scaled))
+  assert json.loads((shown / "predict.json").read_text())["normalise"] == "per-image"
+  with pytest.raises(VMSError, match="--normalise"):
+    predict_lib.predict_files(trained, found, tmp_path / "x", normalise="global")

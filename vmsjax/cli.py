@@ -49,13 +49,21 @@ def _parser() -> argparse.ArgumentParser:
   e = sub.add_parser("evaluate", help="evaluate a trained workdir")
   e.add_argument("--workdir", default=DEFAULT_WORKDIR)
   e.add_argument("--split", default=None, help="dataset split (default: the config's eval split)")
-  e.add_argument("--checkpoint", type=int, default=None, help="step (default: the latest)")
+  e.add_argument(
+    "--step",
+    "--checkpoint",
+    dest="checkpoint",
+    type=int,
+    default=None,
+    help="the checkpoint step to evaluate (default: the newest that restores)",
+  )
   e.add_argument("--data_dir", default=None, help="where the dataset is built (default: config)")
   e.add_argument(
     "--baselines",
     default="centre",
-    help="comma-separated baselines scored beside the model: centre, gbvs (slow); "
-    "'none' for none (default: centre)",
+    help="comma-separated baselines scored beside the model: centre, gbvs (slow), ridge "
+    "(a linear probe fitted on the training split's trunk features); 'none' for none "
+    "(default: centre)",
   )
   e.add_argument(
     "--dataset", default=None, help="a dataset with VMS maps (default: the training one)"
@@ -171,7 +179,9 @@ def run(argv: list[str]) -> int:
 
       name, (split,) = spec.parse(args.spec, single=True)
       source = catalogue.open_split(name, split, args.data_dir)
-      paths = catalogue.export(source, args.out, args.limit)
+      from vmsjax.data import export
+
+      paths = export.export(source, args.out, args.limit)
       print(f"wrote {len(paths)} images of {name}:{split} to {args.out}")
       return 0
   if plugin is not None:

@@ -11,6 +11,7 @@ import ast
 import hashlib
 import importlib.util
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,11 @@ def call_from_file(spec: str, function: str, kind: str) -> Any:
   file = Path(path)
   if not file.is_file():
     raise VMSError(f"{kind} file {path} not found; give path/to/{kind}.py[:arg]")
+  if file.suffix != ".py":
+    raise VMSError(
+      f"{kind} file {path} is not a Python file; give a .py file that defines "
+      f"{function}(arg), e.g. configs/synthetic.py"
+    )
   module_spec = importlib.util.spec_from_file_location(f"vmsjax_{kind}_{file.stem}", file)
   module = importlib.util.module_from_spec(module_spec)
   try:
@@ -165,6 +171,14 @@ def load(spec: str | None) -> ml_collections.ConfigDict:
   return call_from_file(spec or DEFAULT_CONFIG, "get_config", "config")
 
 
+_KINDS = {int: "an integer", float: "a number", tuple: "a tuple, e.g. (64, 32)", str: "a string"}
+
+
+def _expects(key: str, current: Any, text: str) -> VMSError:
+  kind = _KINDS.get(type(current), f"a {type(current).__name__}")
+  return VMSError(f"config key {key} expects {kind}, got {text!r}")
+
+
 def _parse_value(key: str, text: str, current: Any) -> Any:
   """Parses an override's text to the type the key holds now."""
   if isinstance(current, bool):
@@ -176,16 +190,19 @@ def _parse_value(key: str, text: str, current: Any) -> Any:
     raise VMSError(f"config key {key} expects true or false, got {text!r}")
   if isinstance(current, str) or current is None:
     return text
+  if isinstance(current, float) and text.strip().lower().lstrip("+-") in ("nan", "inf"):
+    return float(text)  # parsed, so that `validate` can say why it is refused
   try:
     value = ast.literal_eval(text)
   except (ValueError, SyntaxError) as e:
-    raise VMSError(f"config key {key} expects a {type(current).__name__}, got {text!r}") from e
+    raise _expects(key, current, text) from e
   if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
     value = float(value)
   if isinstance(current, tuple) and isinstance(value, list | int):
     value = tuple(value) if isinstance(value, list) else (value,)
-  if not isinstance(value, type(current)):
-    raise VMSError(f"config key {key} expects a {type(current).__name__}, got {text!r}")
+  if not isinstance(value, type(current)) or isinstance(value, bool):
+    # bool is an int to Python: `latent=True` would train with latent 1.
+    raise _expects(key, current, text)
   return value
 
 
@@ -229,6 +246,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         value = value[part]
       raise VMSError(f"invalid config value {key}={value!r}: {what}")
 
+  _check_types(config)
   m = config.model
   need(m.dense > 0, "model.dense", "must be a positive integer")
   need(m.latent > 0, "model.latent", "must be a positive integer")
@@ -269,7 +287,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(name in TERMS, f"loss.weights.{name}", f"names no loss term; known: {', '.join(TERMS)}")
     need(weight >= 0, f"loss.weights.{name}", "must be >= 0")
   need(config.loss.kl_warmup_steps >= 0, "loss.kl_warmup_steps", "must be >= 0")
-  need(config.optim.learning_rate > 0, "optim.learning_rate", "must be > 0")
+  need(
+    math.isfinite(config.optim.learning_rate) and config.optim.learning_rate > 0,
+    "optim.learning_rate",
+    "must be a finite number > 0",
+  )
   need(config.data.seed >= 0, "data.seed", "must be >= 0")
   need(config.train.batch_size > 0, "train.batch_size", "must be a positive integer")
   need(config.train.epochs > 0, "train.epochs", "must be a positive integer")
@@ -292,6 +314,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.checkpoint.every_steps > 0, "checkpoint.every_steps", "must be > 0")
   need(config.checkpoint.keep > 0, "checkpoint.keep", "must be > 0")
   need(config.log.every_steps > 0, "log.every_steps", "must be > 0")
+
+
+def _check_types(config: ml_collections.ConfigDict) -> None:
+  """Numbers must be numbers: a bool where the base config has an int or a float (Python
+  counts True as 1), and a float that is NaN or infinite, are refused by key."""
+  defaults = flat(base_config())
+  for key, value in flat(config).items():
+    default = defaults.get(key)
+    if isinstance(value, bool) and _is_number(default):
+      kind = "an integer" if _is_int(default) else "a number"
+      raise VMSError(f"invalid config value {key}={value!r}: must be {kind}, not true/false")
+    if isinstance(value, float) and not math.isfinite(value):
+      raise VMSError(f"invalid config value {key}={value!r}: must be a finite number")
 
 
 def _is_int(value: Any) -> bool:

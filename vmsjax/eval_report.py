@@ -10,6 +10,7 @@ ordering its numbers, so a report on disk renders exactly as the one just writte
                      `table2_cells` gives the same as numbers
   category_table     rho2D per category at the three levels of the tree
   correlation_table  rho2D of the predicted and ground-truth maps with each baseline's
+  fit_table          how each fitted baseline (ridge) was fitted: penalty grid, held-out MSE
   markdown_report    all of them: the `<split>-<step>.md` file
   print_report       the heading and Table 1, on stdout
 """
@@ -23,7 +24,7 @@ from vmsjax import metrics
 from vmsjax.data import schema
 
 # Row and bar labels of the model and the baselines (a baseline not here keeps its name).
-LABELS = {"model": "model", "centre": "centre bias", "gbvs": "GBVS"}
+LABELS = {"model": "model", "centre": "centre bias", "gbvs": "GBVS", "ridge": "ridge"}
 # The levels of the category tree, each in the tree's order (what the tables follow).
 LEVELS = {"leaf": schema.LEAVES, "middle": schema.MIDDLE, "top": schema.TOP}
 
@@ -166,6 +167,40 @@ def correlation_table(report: dict) -> str:
   return "\n".join(lines)
 
 
+def _shape(dims) -> str:
+  return "×".join(str(d) for d in dims)
+
+
+def fit_text(name: str, fit: dict) -> str:
+  """One paragraph on how a fitted baseline (ridge) was fitted, from its description."""
+  held, rows = fit["held_out"], fit["rows"]
+  refit = f"refitted on all {rows} images" if fit["refit_on_all"] else "kept as fitted"
+  clip = fit["clip"]
+  clipped = f"clipped to [{clip[0]:g}, {clip[1]:g}]" if clip else "not clipped"
+  return (
+    f"**{LABELS.get(name, name)}**: a ridge regression from the frozen trunk's "
+    f"{fit['features']} features ({_shape(fit['feature_shape'])}) of each image to its "
+    f"{fit['outputs']} map values ({_shape(fit['map_shape'])}), fitted on "
+    f"{fit['dataset']}/{fit['split']} ({rows} images; {fit['form']} form). Its penalty, "
+    f"{fit['penalty']:.4g} ({fit['relative_penalty']:g} × {fit['scale']:.4g}, the mean "
+    "squared norm of a centred feature vector), has the lowest held-out MSE in the grid "
+    f"below: fitted on the first {rows - held} training images in id order, scored on the "
+    f"last {held}. With it the regression was {refit}. Predictions are {clipped}."
+  )
+
+
+def fit_table(name: str, fit: dict) -> str:
+  """A fitted baseline's penalty grid with the held-out MSE of each, the chosen one marked."""
+  lines = [
+    "| penalty (relative) | penalty | held-out MSE ([0, 1]) | |",
+    "| ---: | ---: | ---: | --- |",
+  ]
+  for g, p, e in zip(fit["relative_grid"], fit["penalties"], fit["held_out_mse"], strict=True):
+    mark = "chosen" if p == fit["penalty"] else ""
+    lines.append(f"| {g:g} | {p:.4g} | {_num(e, 5)} | {mark} |")
+  return "\n".join(lines)
+
+
 def _heading(report: dict) -> str:
   return (
     f"Evaluation of `{report['workdir']}` at step {report['step']} on "
@@ -190,6 +225,13 @@ def markdown_report(report: dict) -> str:
     "truth, KLD with an all-zero ground truth.",
     saliency_table(report),
   ]
+  # Reports written before fitted baselines existed have no `baseline_fits`.
+  for name, fit in report.get("baseline_fits", {}).items():
+    parts += [
+      f"## How the {LABELS.get(name, name)} baseline was fitted",
+      fit_text(name, fit),
+      fit_table(name, fit),
+    ]
   if report["categories"]:
     parts += [
       "## Table 2: best and worst category",

@@ -27,10 +27,15 @@ moves MSE and flatters the baseline, so beating it is a conservative result.
 `evaluate` also takes baselines as a {name: function} mapping: with
 `baseline_functions(names, memoise=True)` each is computed once for several models
 evaluated on the same images (experiments/paper.py).
+
+A `FittedBaseline` (`ridge`) is fitted on the run's training split: it gets the run
+(`Run`) and the evaluated images' trunk features (`trunk_features`); its description of
+the fit goes to the report's `baseline_fits`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -41,13 +46,45 @@ import jax
 import numpy as np
 
 from vmsjax import config as config_lib
-from vmsjax import eval_report, factory, figures, inference, metrics, records
+from vmsjax import eval_report, factory, figures, inference, metrics, pixels, records, ridge
 from vmsjax.data import augment
 from vmsjax.errors import VMSError
+from vmsjax.models import vgg16
 
 Baseline = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What a `FittedBaseline` gets besides the evaluated maps: the run being evaluated.
+
+  Attributes:
+    trained: the restored checkpoint (its config, frozen trunk and trunk parameters).
+    data_dir: where its training dataset is built (evaluate's `data_dir`).
+    features: stored uint8 images (B, H, W, 3) -> trunk features (B, h, w, 512), as
+      the model sees them (`trunk_features`).
+  """
+
+  trained: inference.Trained
+  data_dir: str
+  features: Callable[[np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class FittedBaseline:
+  """A baseline fitted on the run's training split, through the run's frozen trunk.
+
+  Attributes:
+    fit: (run, features (N, h, w, 512) of the evaluated images as the model sees them,
+      ground truth (N, S, S, 2)) -> (maps (N, S, S, 2), a JSON-ready description of
+      the fit, stored as the report's `baseline_fits[name]`).
+  """
+
+  fit: Callable[[Run, np.ndarray, np.ndarray], tuple[np.ndarray, dict]]
+
+
 # What `evaluate` takes as baselines: names (a list or 'a,b'), or {name: baseline}.
-Baselines = str | Sequence[str] | Mapping[str, Baseline] | None
+Baselines = str | Sequence[str] | Mapping[str, Baseline | FittedBaseline] | None
 
 
 def centre_baseline(images: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -68,10 +105,48 @@ def gbvs_baseline(images: np.ndarray, target: np.ndarray) -> np.ndarray:
   return metrics.fit_scale(saliency.gbvs_batch(images), target)
 
 
+def ridge_fit(run: Run, features: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, dict]:
+  """A ridge regression from trunk features to the flattened maps, fitted on train.
+
+  Training images go through the trunk as the model sees them (`run.features`), their
+  maps resized like the evaluated ones (`_resize`). The penalty is chosen on the last
+  training ids, then refitted on all (`ridge.fit_with_held_out`); predictions are
+  clipped to [0, 1], the maps' range (SIM and KLD need non-negative maps).
+
+  Raises:
+    VMSError: the training split is not built, has no maps or fewer than 2 images.
+  """
+  from vmsjax.data import catalogue, pipeline  # as in `evaluate`
+
+  config = run.trained.config
+  name = config.data.name
+  train = catalogue.open_split(name, "train", run.data_dir)
+  _check_has_maps(train, name, "train")
+  if len(train) < 2:
+    raise VMSError(
+      f"{name}/train in {run.data_dir} has {len(train)} image; the ridge baseline needs at "
+      "least 2 (some are held out to choose its penalty); evaluate without ridge"
+    )
+  hw = factory.image_hw(config)
+  xs, ys = [], []
+  # eval_batches walks the split in id order: the held-out rows are the last ids.
+  for batch in pipeline.eval_batches(train, run.trained.batch_size):
+    xs.append(run.features(batch["image"]))
+    ys.append(np.asarray(_resize(batch["vms"], hw)))
+  x, y = np.concatenate(xs), np.concatenate(ys)
+  clip = (0.0, 1.0)
+  fitted, info = ridge.fit_with_held_out(x.reshape(len(x), -1), y.reshape(len(y), -1), clip=clip)
+  maps = fitted.predict(features.reshape(len(features), -1), clip=clip)
+  shapes = {"feature_shape": list(x.shape[1:]), "map_shape": list(y.shape[1:])}
+  info = {"dataset": name, "split": "train", **shapes, **info}
+  return maps.reshape(target.shape).astype(np.float32), info
+
+
 # Name (as given to --baselines) -> baseline. A new baseline is one line here.
-BASELINES: dict[str, Baseline] = {
+BASELINES: dict[str, Baseline | FittedBaseline] = {
   "centre": centre_baseline,
   "gbvs": gbvs_baseline,
+  "ridge": FittedBaseline(ridge_fit),
 }
 # GBVS is left out by default: it is slow (a graph over every image's feature maps).
 DEFAULT_BASELINES: tuple[str, ...] = ("centre",)
@@ -97,7 +172,15 @@ def parse_baselines(text: Baselines) -> tuple[str, ...]:
   return tuple(dict.fromkeys(names))  # de-duplicated, in the order given
 
 
-def memoised(baseline: Baseline) -> Baseline:
+def _digest(*arrays: np.ndarray, extra: str = "") -> str:
+  h = hashlib.sha256(extra.encode())
+  for a in arrays:
+    h.update(str((a.shape, a.dtype)).encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()
+
+
+def memoised(baseline: Baseline | FittedBaseline) -> Baseline | FittedBaseline:
   """`baseline`, computed once per distinct (images, target) pair.
 
   Every model of a sweep is evaluated on the same images at the same size, and a
@@ -105,15 +188,24 @@ def memoised(baseline: Baseline) -> Baseline:
   the first one's maps (GBVS costs ~0.1 s of CPU per image). Pairs are told apart by a
   SHA-256 of both arrays' shapes, dtypes and bytes; the maps live as long as the
   returned function.
+
+  A `FittedBaseline` is memoised per (features, target, training dataset, data_dir):
+  features tell trunks apart, so a sweep's models (one trunk) share one fit.
   """
+  if isinstance(baseline, FittedBaseline):
+    fits: dict[str, tuple[np.ndarray, dict]] = {}
+
+    def fit_once(run: Run, features: np.ndarray, target: np.ndarray):
+      key = _digest(features, target, extra=f"{run.trained.config.data.name}|{run.data_dir}")
+      if key not in fits:
+        fits[key] = baseline.fit(run, features, target)
+      return fits[key]
+
+    return FittedBaseline(fit_once)
   done: dict[str, np.ndarray] = {}
 
   def once(images: np.ndarray, target: np.ndarray) -> np.ndarray:
-    h = hashlib.sha256()
-    for a in (images, target):
-      h.update(str((a.shape, a.dtype)).encode())
-      h.update(np.ascontiguousarray(a).tobytes())
-    key = h.hexdigest()
+    key = _digest(images, target)
     if key not in done:
       done[key] = baseline(images, target)
     return done[key]
@@ -121,7 +213,9 @@ def memoised(baseline: Baseline) -> Baseline:
   return once
 
 
-def baseline_functions(baselines: Baselines = None, memoise: bool = False) -> dict[str, Baseline]:
+def baseline_functions(
+  baselines: Baselines = None, memoise: bool = False
+) -> dict[str, Baseline | FittedBaseline]:
   """The baselines to evaluate, by name: names (see `parse_baselines`) or a mapping.
 
   Args:
@@ -162,7 +256,8 @@ def evaluate(
     "dataset", "images", "image_size", "model": {channel: summary}, "baselines":
     {name: {channel: summary}}, "categories": {level: {category: {"images",
     "model", "baselines"}}}, "correlation_with_baselines": {name: {"predicted",
-    "ground_truth"}: {channel: ...}}, "files". A summary is `metrics.summarise`'s.
+    "ground_truth"}: {channel: ...}}, "baseline_fits": {name: description} (the
+    fitted baselines only), "files". A summary is `metrics.summarise`'s.
 
   Raises:
     VMSError: not a workdir, no such checkpoint, dataset not built, unknown split or
@@ -186,10 +281,15 @@ def evaluate(
   workdir, config, step = trained.workdir, trained.config, trained.step
 
   hw = factory.image_hw(config)
-  preds, targets, images, cats = [], [], [], []
+  # Trunk features of the evaluated images only when a baseline is fitted on them.
+  fitted = any(isinstance(b, FittedBaseline) for b in chosen.values())
+  run = Run(trained, data_dir, trunk_features(trained)) if fitted else None
+  preds, targets, images, cats, feats = [], [], [], [], []
   for batch in pipeline.eval_batches(source, trained.batch_size):
     p, _ = inference.predict(trained, batch["image"])
     preds.append(p)
+    if run is not None:
+      feats.append(run.features(batch["image"]))
     # Ground truth and the baselines' images at the model's resolution, with the
     # resize used for training inputs.
     targets.append(np.asarray(_resize(batch["vms"], hw)))
@@ -202,9 +302,14 @@ def evaluate(
   image = np.concatenate(images)  # (N, S, S, 3) uint8
 
   per = {"model": metrics.per_image(pred, target)}
-  correlation = {}
+  correlation, fits = {}, {}
   for name in names:
-    base = np.asarray(chosen[name](image, target), np.float32)
+    baseline = chosen[name]
+    if isinstance(baseline, FittedBaseline):
+      base, fits[name] = baseline.fit(run, np.concatenate(feats), target)
+    else:
+      base = baseline(image, target)
+    base = np.asarray(base, np.float32)
     if base.shape != target.shape:
       raise ValueError(f"baseline {name} returned {base.shape}, expected {target.shape}")
     per[name] = metrics.per_image(base, target)
@@ -247,6 +352,7 @@ def evaluate(
     "baselines": {n: metrics.summarise(per[n]) for n in names},
     "categories": categories,
     "correlation_with_baselines": correlation,
+    "baseline_fits": fits,
     "files": {"json": f"{stem}.json", "markdown": f"{stem}.md"},
   }
   if categories:
@@ -307,6 +413,39 @@ def _check_has_maps(source, dataset: str, split: str) -> None:
       "so there is nothing to compare predictions with; evaluate on a dataset with maps "
       "(VISCHEMA, synthetic), or draw maps for these images with `vmsjax predict`"
     )
+
+
+def trunk_features(trained: inference.Trained) -> Callable[[np.ndarray], np.ndarray]:
+  """The frozen trunk's features of stored images, as `inference.predict` feeds the model.
+
+  Inference's computation: the training resize (no augmentation), `pixels.encode`, in
+  padded batches of the evaluation batch size (the same micro-batching) over the devices.
+
+  Returns:
+    uint8 images (B, H, W, 3), any B -> float32 features (B, h, w, 512) on the host.
+  """
+  config, encoder, hw = trained.config, trained.encoder, factory.image_hw(trained.config)
+  repl, split = factory.shardings(trained.mesh)
+
+  def encode(enc_params, image):
+    resized = augment.warp(image, augment.identity(image.shape[0]), hw)
+    return pixels.encode(config, encoder, enc_params, resized)
+
+  jitted = jax.jit(encode, in_shardings=(repl, split), out_shardings=split)
+  b = trained.batch_size
+
+  def features(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    out = [np.zeros((0, *factory.feature_hw(config), vgg16.FEATURES), np.float32)]
+    for start in range(0, len(images), b):
+      chunk, n = images[start : start + b], min(b, len(images) - start)
+      # Padding repeats the last image; its rows are dropped below.
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - n, axis=0)])
+      x = factory.device_batch({"image": chunk}, split)["image"]
+      out.append(np.asarray(jitted(trained.enc_params, x))[:n])
+    return np.concatenate(out)
+
+  return features
 
 
 @functools.partial(jax.jit, static_argnums=1)

@@ -5,6 +5,10 @@ the same way: images (uint8 RGB, already at the dataset's stored size or any siz
 are resized with the training resize to `data.image_size`, encoded by the frozen
 trunk, and decoded with z = mu and batch-norm running statistics unless latent
 samples are asked for.
+
+A `Trained` comes from a workdir's checkpoint (`load`) or from arrays, such as a model
+file's (`from_arrays`, used by `vmsjax.model_file`); both predict through the same
+compiled functions below, so their maps are the same bits.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ def load_config(workdir: Path) -> ml_collections.ConfigDict:
     raise VMSError(
       f"{workdir / 'config.json'} not found: {workdir} is not a vmsjax training workdir"
     )
+  return config_from_saved(saved)
+
+
+def config_from_saved(saved: dict) -> ml_collections.ConfigDict:
+  """A config from its saved JSON dict, renamed keys already moved (`config.upgrade`)."""
   cfg = ml_collections.ConfigDict(saved)
   # JSON turns tuples into lists; the model wants tuples.
   with cfg.unlocked():
@@ -41,9 +50,13 @@ def load_config(workdir: Path) -> ml_collections.ConfigDict:
 
 @dataclasses.dataclass
 class Trained:
-  """A restored checkpoint with everything needed to run it."""
+  """A restored checkpoint with everything needed to run it.
 
-  workdir: Path
+  `workdir` is the training workdir it was restored from, or None when it was built
+  from a model file (`model_file`, see `from_arrays`).
+  """
+
+  workdir: Path | None
   config: ml_collections.ConfigDict
   step: int
   state: Any  # train.TrainState, replicated over `mesh`
@@ -52,6 +65,7 @@ class Trained:
   encoder: Any
   mesh: Any
   _fns: dict = dataclasses.field(default_factory=dict, repr=False)
+  model_file: Path | None = None
 
   @property
   def image_size(self) -> int:
@@ -66,10 +80,14 @@ class Trained:
 
 
 def load(workdir: str | Path, checkpoint: int | None = None) -> Trained:
-  """Restores checkpoint `checkpoint` (default: the latest) of a training workdir.
+  """Restores checkpoint `checkpoint` (default: the newest that restores) of a workdir.
+
+  A damaged newest checkpoint is skipped with a note on stderr (and left where it is:
+  reading a workdir never changes it; the next `vmsjax train` moves it aside).
 
   Raises:
-    VMSError: not a workdir, no checkpoint, or no checkpoint at that step.
+    VMSError: not a workdir, no checkpoint, no checkpoint at that step, or that step
+      (or, by default, every step) damaged.
   """
   workdir = Path(workdir)
   config = load_config(workdir)
@@ -80,14 +98,71 @@ def load(workdir: str | Path, checkpoint: int | None = None) -> Trained:
     steps = mngr.all_steps()
     if not steps:
       raise VMSError(f"no checkpoint in {workdir / 'checkpoints'}; run vmsjax train first")
-    step = steps[-1] if checkpoint is None else checkpoint
-    if step not in steps:
-      raise VMSError(f"checkpoint {step} not in {workdir / 'checkpoints'}; available: {steps}")
-    state, _ = workdir_lib.restore(mngr, step, state)
+    if checkpoint is None:
+      found = workdir_lib.restore_newest(mngr, state)
+      if found is None:
+        raise VMSError(
+          f"no checkpoint in {workdir / 'checkpoints'} restores (steps {steps} are damaged)"
+        )
+      state, _, step = found
+    else:
+      if checkpoint not in steps:
+        raise VMSError(
+          f"checkpoint {checkpoint} not in {workdir / 'checkpoints'}; available: {steps}"
+        )
+      step = checkpoint
+      state, _ = workdir_lib.restore(mngr, step, state)
   finally:
     mngr.close()
   return Trained(
     workdir, config, int(step), state, setup.enc_params, setup.model, setup.encoder, setup.mesh
+  )
+
+
+def from_arrays(
+  config: ml_collections.ConfigDict,
+  params: Any,
+  batch_stats: Any,
+  enc_params: Any,
+  step: int,
+  model_file: Path | None = None,
+) -> Trained:
+  """A `Trained` from host arrays: the head and decoder, their batch statistics, the trunk.
+
+  The model, encoder and mesh are made by the factory functions `factory.build` uses;
+  `factory.build` itself is not called because it would read (or draw) the trunk named
+  by `config.model.encoder`, which the caller already holds. Prediction reads only
+  `params` and `batch_stats`, but the state also gets a fresh optimiser state so that it
+  has the structure of a restored one: the compiled programs are then the very ones
+  `load`'s `Trained` runs (one compilation cache entry, the same bits).
+
+  Args:
+    config: the resolved config the arrays were trained with.
+    params: the `TrainState.params` tree (host or device arrays).
+    batch_stats: the `TrainState.batch_stats` tree.
+    enc_params: the frozen trunk's parameters.
+    step: the training step they come from.
+    model_file: the file they were read from, if any (recorded by `vmsjax predict`).
+  """
+  mesh = factory.data_mesh()
+  repl, _ = factory.shardings(mesh)
+  state = factory.TrainState(
+    step=np.asarray(step, np.int32),
+    params=params,
+    batch_stats=batch_stats,
+    opt_state=factory.make_optimizer(config.optim.learning_rate).init(params),
+    bad_step=np.asarray(-1, np.int32),
+  )
+  return Trained(
+    workdir=None,
+    config=config,
+    step=int(step),
+    state=jax.device_put(state, repl),
+    enc_params=jax.device_put(enc_params, repl),
+    model=factory.make_model(config),
+    encoder=factory.make_encoder(config),
+    mesh=mesh,
+    model_file=model_file,
   )
 
 

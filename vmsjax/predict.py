@@ -1,13 +1,16 @@
 """VMS maps for any images: arrays, figures, overlays and per-image scores.
 
-`predict_files` runs a trained workdir (`inference.predict`, z = mu) over image files of
-any size and writes, under `out/`, for an image whose output stem is STEM:
+`predict_files` runs a trained model (`inference.predict`, z = mu; from a workdir or a
+model file, see vmsjax/model_file.py) over image files of any size and writes, under
+`out/`, for an image whose output stem is STEM:
 
   npy/STEM.npy          float32 (S, S, 2): the maps at the model's size S (channel 0
                         true VMS, 1 false VMS), exactly what `inference.predict` returns
   full/STEM.npy         float32 (H, W, 2): the same maps resized (bilinear) to the image
   overlay/STEM.png      the image with the true VMS in green and the false VMS in red
-                        (blend rule: `figures.overlay`), at the image's own size
+                        (blend rule: `figures.overlay`), at the image's own size; with
+                        normalise="per-image" each of the two maps is first rescaled to
+                        its own [min, max] (display only: arrays and scores stay raw)
   png/STEM.png          a figure: overlay, true map, false map, with colour bars
   samples/STEM_mean.npy, samples/STEM_std.npy, samples/STEM.png
                         with `samples` = K > 0: the per-pixel mean and standard
@@ -15,7 +18,8 @@ any size and writes, under `out/`, for an image whose output stem is STEM:
   scores.csv            id, path, memorability, false_memorability (stats.map_scores
                         of npy/STEM.npy), plus true_std, false_std (the mean per-pixel
                         standard deviation) with samples
-  predict.json          the workdir, checkpoint, settings, and every skipped file
+  predict.json          the workdir or model file, checkpoint, settings, and every
+                        skipped file
 
 An image's id is its file name; when two inputs share a name the later ones get
 `~2`, `~3` ... before the extension. STEM is the id without its extension.
@@ -52,6 +56,7 @@ IMAGE_SUFFIXES: tuple[str, ...] = (
   ".pgm",
 )
 CHUNK = 64  # images read and held in memory at a time
+NORMALISE: tuple[str, ...] = ("none", "per-image")  # the overlay's map scaling
 
 
 @dataclasses.dataclass
@@ -144,6 +149,7 @@ def predict_files(
   overlay_peak: bool = False,
   log: Callable[[str], None] = print,
   warn: Callable[[str], None] = print,
+  normalise: str = "none",
 ) -> Result:
   """Predicts and writes the outputs listed in the module docstring.
 
@@ -158,6 +164,10 @@ def predict_files(
       (`figures.overlay`); the arrays and scores are unchanged.
     log: progress lines.
     warn: one line per skipped file.
+    normalise: "none" (map values as they are, so overlays of different images
+      compare) or "per-image" (each map of an image rescaled to its own [min, max] in
+      the overlays, to show the shape of faint or flat maps); arrays and scores are
+      unchanged.
 
   Returns:
     A `Result`.
@@ -167,6 +177,8 @@ def predict_files(
 
   if samples < 0:
     raise VMSError(f"--samples must be >= 0, got {samples}")
+  if normalise not in NORMALISE:
+    raise VMSError(f"--normalise must be one of {', '.join(NORMALISE)}, got {normalise!r}")
   out = Path(out)
   dirs = ["npy", "full", "overlay"] + (["png"] if figures_too else [])
   dirs += ["samples"] if samples else []
@@ -208,9 +220,10 @@ def predict_files(
             samples,
             figures_too,
             overlay_peak,
+            normalise,
           )
         )
-    log(f"predicted {start + len(chunk)}/{len(found.files)} files")
+    log(_progress(start + len(chunk), len(found.files), len(rows), len(skipped)))
   order = {name: k for k, name in enumerate(ids)}
   rows.sort(key=lambda r: order[r["id"]])  # input order, whatever the grouping
   _write_scores(out / "scores.csv", rows, bool(samples))
@@ -218,7 +231,8 @@ def predict_files(
     out / "predict.json",
     records.json_safe(
       {
-        "workdir": str(trained.workdir),
+        "workdir": None if trained.workdir is None else str(trained.workdir),
+        "model": None if trained.model_file is None else str(trained.model_file),
         "checkpoint": trained.step,
         "image_size": trained.image_size,
         "samples": samples,
@@ -230,11 +244,29 @@ def predict_files(
         "mean of the false map (channel 1), on npy/STEM.npy",
         "overlay": "out = (1 - o * max(t, f)) * image + o * 255 * (f, t, 0), "
         f"o = {figures.OVERLAY_OPACITY}"
+        + (", each map rescaled to its own [min, max] first" if normalise != "none" else "")
         + (", maps divided by their joint maximum first" if overlay_peak else ""),
+        "normalise": normalise,
       }
     ),
   )
   return Result(out, rows, skipped, [str(p) for p in found.ignored])
+
+
+def _progress(done: int, total: int, predicted: int, skipped: int) -> str:
+  # Counts what was predicted, not what was looked at: a skipped file is not a prediction.
+  return f"{done}/{total} files done: {predicted} predicted, {skipped} skipped"
+
+
+def per_image_range(maps: np.ndarray) -> np.ndarray:
+  """Each channel of (H, W, C) maps rescaled to its own [min, max] -> [0, 1].
+
+  A constant channel becomes 0: it has no shape to show.
+  """
+  maps = np.asarray(maps, np.float32)
+  lo = maps.min(axis=(0, 1), keepdims=True)
+  span = maps.max(axis=(0, 1), keepdims=True) - lo
+  return np.where(span > 0, (maps - lo) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
 
 
 def _stem(image_id: str) -> str:
@@ -252,6 +284,7 @@ def _write_one(
   samples: int,
   figures_too: bool,
   overlay_peak: bool,
+  normalise: str,
 ) -> dict[str, Any]:
   stem = _stem(image_id)
   h, w = image.shape[:2]
@@ -259,12 +292,13 @@ def _write_one(
   full = figures.resize_maps(maps, h, w)  # (H, W, 2)
   np.save(out / "npy" / f"{stem}.npy", maps)
   np.save(out / "full" / f"{stem}.npy", full)
+  shown = per_image_range(full) if normalise == "per-image" else full  # the overlays only
   figures.save_image(
-    out / "overlay" / f"{stem}.png", figures.overlay(image, full, peak=overlay_peak)
+    out / "overlay" / f"{stem}.png", figures.overlay(image, shown, peak=overlay_peak)
   )
   if figures_too:
     figures.prediction_figure(
-      out / "png" / f"{stem}.png", image, maps, full, title=image_id, peak=overlay_peak
+      out / "png" / f"{stem}.png", image, maps, shown, title=image_id, peak=overlay_peak
     )
   score = stats.map_scores(maps[None])[0]
   row: dict[str, Any] = {

@@ -74,20 +74,35 @@ def json_safe(obj: Any) -> Any:
 
 
 class MetricWriter:
-  """Appends scalars to metrics.jsonl and to TensorBoard event files."""
+  """Appends scalars to metrics.jsonl and to TensorBoard event files.
 
-  def __init__(self, workdir: Path):
+  A run that resumes at step `start` first writes TensorBoard's "session start" event at
+  step `start` + 1: TensorBoard then drops the events a killed run wrote after its last
+  checkpoint (they are written again), so each step shows once. metrics.jsonl is cut
+  back by `workdir.truncate_metrics` for the same reason.
+  """
+
+  def __init__(self, workdir: Path, start: int = 0):
+    from tensorboard.compat.proto import event_pb2
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
     self._jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
     self._tb = EventFileWriter(str(workdir / "tb"))
+    self._tb.add_event(
+      event_pb2.Event(
+        wall_time=time.time(),
+        step=int(start) + 1,
+        session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
+      )
+    )
 
   def write(self, step: int, scalars: dict[str, float], split: str = "train") -> None:
     from tensorboard.compat.proto import event_pb2, summary_pb2
 
     record = {"step": int(step), "split": split, "time": time.time()}
     record.update({k: float(v) for k, v in scalars.items()})
-    self._jsonl.write(json.dumps(record) + "\n")
+    # Strict JSON: the NaN/Inf loss of a run's bad step is written as null.
+    self._jsonl.write(json.dumps(json_safe(record)) + "\n")
     values = [
       summary_pb2.Summary.Value(tag=f"{split}/{k}", simple_value=float(v))
       for k, v in scalars.items()

@@ -26,6 +26,7 @@ Tests inject faults with `hooks`: callables `hook(step, members)` run after each
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,8 +37,9 @@ import ml_collections
 import numpy as np
 
 from vmsjax import config as config_lib
-from vmsjax import distributed, factory, inputs, progress, records, workdir
+from vmsjax import distributed, factory, inputs, lineage, progress, records, workdir
 from vmsjax import step as step_lib
+from vmsjax.data import integrity
 from vmsjax.errors import VMSError
 from vmsjax.factory import TrainState
 
@@ -60,20 +62,34 @@ class Member:
     self.accepted = workdir.accepted_fingerprints(path, config)
     self.latest = self.mngr.latest_step()
     self.last_saved = self.latest
+    self.restored: tuple[TrainState, dict] | None = None  # the latest good checkpoint
+    self.base_step = 0  # where a run with no checkpoint starts (a branch: the parent's)
+    self.lineage: dict | None = None  # set for a branch (`vmsjax.lineage`)
     self.writer = records.NullWriter()
     self.bad_step: int | None = None  # steps after this one are not logged or saved
     self.failed: str | None = None
 
-  def close(self) -> None:
-    self.writer.close()
-    self.mngr.close()
+  def close(self, quiet: bool = False) -> None:
+    """Closes the metric log and the checkpoint manager (which waits for a save in
+    flight); `quiet` drops their errors, when the run is failing already."""
+    for close in (self.writer.close, self.mngr.close):
+      try:
+        close()
+      except Exception:
+        if not quiet:
+          raise
 
 
 def train_and_evaluate(
-  config: ml_collections.ConfigDict, path: str | Path, hooks: Sequence[Hook] = ()
+  config: ml_collections.ConfigDict,
+  path: str | Path,
+  hooks: Sequence[Hook] = (),
+  init_from: lineage.Parent | None = None,
+  stop_at: int | None = None,
 ) -> TrainState:
-  """Trains one model (resuming from the workdir's latest checkpoint); its final state."""
-  return train_group([config], [path], hooks=hooks)[0]
+  """Trains one model (resuming from the workdir's latest good checkpoint); its final
+  state. `init_from` starts a new run from another run's checkpoint (`vmsjax.lineage`)."""
+  return train_group([config], [path], stop_at, hooks, [init_from])[0]
 
 
 def train_group(
@@ -81,6 +97,7 @@ def train_group(
   workdirs: Sequence[str | Path],
   stop_at: int | None = None,
   hooks: Sequence[Hook] = (),
+  init_from: Sequence[lineage.Parent | None] | None = None,
 ) -> list[TrainState]:
   """Trains G >= 1 models together, each into its own workdir, resuming where they are.
 
@@ -90,42 +107,68 @@ def train_group(
     stop_at: stop after this step, with a checkpoint (to split a long run into shorter
       jobs; the next call resumes there). Default: the end of the schedule.
     hooks: called as hook(step, members) after every step (fault injection in tests).
+    init_from: per model, a checkpoint of another run to start from when the model's
+      workdir has no checkpoint of its own (branching, `vmsjax.lineage`), or None.
 
   Returns:
     Each model's final train state (restored from its checkpoint for a model that had
     already finished).
 
   Raises:
-    VMSError: configs that cannot be grouped, a workdir holding another run, or models
-      whose loss became NaN/Inf (the others are finished first; the message names them).
+    VMSError: configs that cannot be grouped, a workdir in use by another run or holding
+      another run, a full disk, a damaged dataset file, or models whose loss became
+      NaN/Inf (the others are finished first; the message names them).
   """
   configs = list(configs)
   paths = [Path(w) for w in workdirs]
-  if len(configs) != len(paths):
-    raise ValueError(f"{len(configs)} configs for {len(paths)} workdirs")
+  parents = list(init_from or [None] * len(configs))
+  if not (len(configs) == len(paths) == len(parents)):
+    raise ValueError(f"{len(configs)} configs for {len(paths)} workdirs, {len(parents)} parents")
   if len({p.resolve() for p in paths}) != len(paths):
     raise VMSError(f"models of a group need distinct workdirs, got {[str(p) for p in paths]}")
   for c in configs:
     config_lib.validate(c)
   config_lib.check_group(configs)
-  for c, p in zip(configs, paths, strict=True):
-    workdir.prepare(p)
-    workdir.check_config(p, c)
+  with contextlib.ExitStack() as held:
+    for c, p in zip(configs, paths, strict=True):
+      workdir.prepare(p)
+      if distributed.is_main():  # one lock per run: process 0 holds it for the job
+        held.enter_context(workdir.Lock(p))
+      # Under the lock: a second run cannot read config.json before the first writes it.
+      workdir.check_config(p, c)
+    return _train_locked(configs, paths, stop_at, hooks, parents)
 
+
+def _train_locked(configs, paths, stop_at, hooks, parents) -> list[TrainState]:
   config = configs[0]
   use_compilation_cache(config, paths[0])
-  source = inputs.open_training_data(config)
-  setup = factory.build(config)
-  fresh = [setup.init(c.seed) for c in configs]
   total = config_lib.total_steps(config)
   stop = total if stop_at is None else max(0, min(stop_at, total))
-  members = [Member(c, p) for c, p in zip(configs, paths, strict=True)]
+  members: list[Member] = []
+  failing = True  # closing the checkpoint managers may fail again after an error
   try:
+    source = inputs.open_training_data(config)
+    setup = factory.build(config)
+    fresh = [setup.init(c.seed) for c in configs]
+    members += [Member(c, p) for c, p in zip(configs, paths, strict=True)]
     final: list = [None] * len(members)
     todo = []
-    for i, m in enumerate(members):
+    for i, (m, parent) in enumerate(zip(members, parents, strict=True)):
+      m.restored = _newest_good(m, fresh[i])
+      if m.latest is None and parent is not None:
+        fresh[i], m.lineage = lineage.branch(parent, m.config, fresh[i])
+        m.base_step = int(fresh[i].step)
+        print(
+          f"branching {m.workdir} from {parent.workdir} at step "
+          f"{m.lineage['parents'][-1]['step']}" + (" (parameters only)" * parent.params_only),
+          file=sys.stderr,
+        )
+      elif parent is not None:
+        print(
+          f"{m.workdir} has checkpoints of its own: resuming it, not branching", file=sys.stderr
+        )
       if m.latest is not None and m.latest >= stop:
-        final[i], _ = workdir.restore(m.mngr, m.latest, fresh[i])
+        final[i] = m.restored[0]
         print(f"{m.workdir}: at step {m.latest} already", file=sys.stderr)
       else:
         todo.append(i)
@@ -135,15 +178,69 @@ def train_group(
       )
       for i, s in zip(todo, trained, strict=True):
         final[i] = s
+    failing = False
+  except Exception as e:
+    translated = _environment_error(e, members, config)
+    if translated is None:
+      raise
+    raise translated from e
   finally:
     for m in members:
-      m.close()
+      m.close(quiet=failing)
   failed = [m.failed for m in members if m.failed]
   if len(members) == 1 and failed:
     raise VMSError(failed[0])
   if failed:
     raise VMSError(f"{len(failed)} of {len(members)} models stopped: " + "; ".join(failed))
   return final
+
+
+def _newest_good(m: Member, fresh: TrainState) -> tuple[TrainState, dict] | None:
+  """Restores the member's newest checkpoint that restores, moving damaged ones aside
+  (the run holds the workdir's lock); updates `m.latest`."""
+  if m.latest is None:
+    return None
+  found = workdir.restore_newest(m.mngr, fresh, move_aside=distributed.is_main())
+  if found is None:
+    print(f"vmsjax: no checkpoint of {m.workdir} restores; starting from scratch", file=sys.stderr)
+    m.latest = m.last_saved = None
+    return None
+  state, meta, step = found
+  m.latest = m.last_saved = step
+  return state, meta
+
+
+def _last_good(members: Sequence[Member]) -> str:
+  """ "; the last good checkpoint is ..." for an error met while training ("" when no
+  member has one)."""
+  parts = []
+  for m in members:
+    steps = workdir.checkpoint_steps(m.workdir)  # the committed ones, from the folder
+    if steps:
+      parts.append(f"step {steps[-1]} in {m.workdir}")
+  return "; the last good checkpoint is " + ", ".join(parts) if parts else ""
+
+
+def _environment_error(e: BaseException, members: Sequence[Member], config) -> VMSError | None:
+  """One line for a failure of the machine or the data met while training, or None (a
+  bug, or a VMSError that says all already)."""
+  seen = e
+  while seen is not None:  # a reader thread's error may arrive wrapped
+    if isinstance(seen, integrity.DamagedDataset):
+      return VMSError(f"{seen}{_last_good(members)}")
+    if integrity.is_corrupt_read(seen):
+      from vmsjax.data import catalogue
+
+      return catalogue.damaged_dataset_error(
+        seen, config.data.name, config.data.data_dir, _last_good(members)
+      )
+    seen = seen.__cause__ or seen.__context__
+  if isinstance(e, VMSError):
+    return None
+  where = ", ".join(str(m.workdir) for m in members) or "the workdir"
+  return workdir.as_environment_error(
+    e, f"writing to {where}", "rerun the same command to resume" + _last_good(members)
+  )
 
 
 def use_compilation_cache(config: ml_collections.ConfigDict, path: Path) -> Path | None:
@@ -169,17 +266,21 @@ def use_compilation_cache(config: ml_collections.ConfigDict, path: Path) -> Path
 
 
 def _resume(members: list[Member], fresh: list[TrainState]) -> tuple[int, list[TrainState]]:
-  """The group's first step (the latest every member has a checkpoint of, else 0) and
-  each member's state there."""
+  """The group's first step (the latest every member has a checkpoint of, else where
+  they start: 0, or a branch's step) and each member's state there."""
   common = None
   for m in members:
-    steps = set(m.mngr.all_steps()) | {0}
+    steps = set(m.mngr.all_steps()) | {m.base_step}
     common = steps if common is None else common & steps
+  if not common:
+    raise VMSError(
+      "the models of this group have no step in common to start from; train them alone"
+    )
   start = max(common)
   states = []
   for m, f in zip(members, fresh, strict=True):
-    if start > 0:
-      s, meta = workdir.restore(m.mngr, start, f)
+    if start in m.mngr.all_steps():
+      s, meta = m.restored if start == m.latest else workdir.restore(m.mngr, start, f)
       if meta.get("config_fingerprint") not in m.accepted:
         raise VMSError(
           f"checkpoint {start} in {m.workdir} was made with a different config "
@@ -188,22 +289,25 @@ def _resume(members: list[Member], fresh: list[TrainState]) -> tuple[int, list[T
         )
       states.append(s)
     else:
-      states.append(f)
+      states.append(f)  # from scratch, or a branch's starting state
     if distributed.is_main():  # a member ahead of the group logs its own steps once
-      workdir.truncate_metrics(m.workdir, m.latest or 0)
+      workdir.truncate_metrics(m.workdir, m.latest or m.base_step)
     if m.latest:
       print(f"resuming from checkpoint {m.latest} in {m.workdir}", file=sys.stderr)
   return start, states
 
 
-def _write_records(members: list[Member], dataset: dict) -> None:
-  """config.json, versions.json and dataset.json of each member; opens its metric log."""
+def _write_records(members: list[Member], dataset: dict, start: int) -> None:
+  """config.json, versions.json, dataset.json (and a branch's lineage.json) of each
+  member; opens its metric log, which starts at step `start` + 1."""
   versions = records.package_versions()
   for m in members:
     records.write_json(m.workdir / "config.json", m.config.to_dict())
     records.write_json(m.workdir / "versions.json", versions)
     records.write_json(m.workdir / "dataset.json", dataset)
-    m.writer = records.MetricWriter(m.workdir)
+    if m.lineage is not None:
+      lineage.write(m.workdir, m.lineage)
+    m.writer = records.MetricWriter(m.workdir, start)
 
 
 def _loop(members, fresh, source, setup, total, stop, hooks) -> list[TrainState]:
@@ -214,7 +318,7 @@ def _loop(members, fresh, source, setup, total, stop, hooks) -> list[TrainState]
   start, states = _resume(members, fresh)
   dataset = catalogue.dataset_record(config.data.name, config.data.data_dir)
   if main:
-    _write_records(members, dataset)
+    _write_records(members, dataset, start)
   feed = inputs.open_inputs(config, source, dataset["fingerprint"], setup)
   states = _stack(states)
   group = jax.device_put(step_lib.members([m.config for m in members]), setup.repl)
@@ -243,9 +347,10 @@ def _loop(members, fresh, source, setup, total, stop, hooks) -> list[TrainState]
       save = at_end or step % every == 0
       if log or save:
         _note_failures(members, states)
-      if log:
+      if log or save:  # a checkpoint's steps are logged before it is written
         _flush(members, pending)
         pending = []
+      if log:
         bar.update(step, float(np.mean(np.asarray(metrics["loss"]))), force=True)
       if save:
         _save(members, states, step)
@@ -277,7 +382,8 @@ def _note_failures(members: list[Member], states: TrainState) -> None:
         f"loss or gradients became NaN/Inf at step {int(b) + 1}; training stopped and "
         f"{kept} in {m.workdir}; lower optim.learning_rate or check the data"
       )
-      print(f"vmsjax: {m.failed}", file=sys.stderr)
+      if len(members) > 1:  # a run alone says it once, in its error
+        print(f"vmsjax: {m.failed}", file=sys.stderr)
 
 
 def _flush(members: list[Member], pending: list[tuple[list[int], dict]]) -> None:
@@ -292,8 +398,9 @@ def _flush(members: list[Member], pending: list[tuple[list[int], dict]]) -> None
       rows += [(s, {k: v[j] for k, v in metrics.items()}) for j, s in enumerate(steps)]
   for i, m in enumerate(members):
     for step, metrics in rows:
-      good = m.bad_step is None or step <= m.bad_step
-      if step > (m.latest or 0) and good:
+      # The bad step itself is written too: its loss shows how the run failed.
+      good = m.bad_step is None or step <= m.bad_step + 1
+      if step > (m.latest or m.base_step) and good:
         m.writer.write(step, {k: v[i] for k, v in metrics.items()})
     m.writer.flush()
 

@@ -19,11 +19,11 @@ import importlib
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vmsjax.data import integrity
 from vmsjax.errors import VMSError
 
 # Name on the command line -> (module, builder class). Imported lazily: tfds is
@@ -233,12 +233,13 @@ class SplitSource(Sequence):
   order, which tfds shuffles at build time: sort by `ids()` for a fixed order.
   """
 
-  def __init__(self, builder, split: str, name: str):
+  def __init__(self, builder, split: str, name: str, data_dir: str):
     import tensorflow_datasets as tfds
 
     _quiet_opencv_note()
     self.name = name
     self.split = split
+    self._damage = (builder.data_path, _build_command(name, data_dir))  # named_damage
     self._records = builder.as_data_source(split)
     # A second view that leaves images encoded: listing the ids of a split then
     # costs no image decoding.
@@ -252,7 +253,8 @@ class SplitSource(Sequence):
     if not -len(self) <= index < len(self):
       raise IndexError(f"index {index} out of range for {self.name}/{self.split}")
     try:
-      record = self._records[index % len(self)]
+      with integrity.named_damage(*self._damage):
+        record = self._records[index % len(self)]
     except (ValueError, TypeError, KeyError) as e:
       # Typically a dataset written by another version of the builder's schema.
       raise VMSError(
@@ -265,7 +267,8 @@ class SplitSource(Sequence):
   def ids(self) -> tuple[str, ...]:
     """Returns the ids of the records, in record order."""
     if self._ids is None:
-      self._ids = tuple(self._light[i]["id"].decode("utf-8") for i in range(len(self)))
+      with integrity.named_damage(*self._damage):
+        self._ids = tuple(self._light[i]["id"].decode("utf-8") for i in range(len(self)))
     return self._ids
 
   def __repr__(self) -> str:
@@ -293,76 +296,10 @@ def open_split(name: str, split: str, data_dir: str) -> SplitSource:
   if split.partition("[")[0] not in splits:
     raise VMSError(f"dataset {name!r} has no split {split!r}; splits: {', '.join(splits)}")
   try:
-    return SplitSource(builder, split, name)
+    return SplitSource(builder, split, name, data_dir)
   except (ValueError, AssertionError) as e:  # tfds' message for a malformed slice
     why = " ".join(str(e).split())
     raise VMSError(f"bad split {split!r} of {name!r} ({why}); e.g. test or test[:32]") from e
-
-
-IDS_FILE = "ids.csv"  # written by `export` beside the images: file,id
-
-
-def export(source: Sequence, out: str | Path, limit: int | None = None) -> list[Path]:
-  """Writes a split's images as PNG files (lossless), its maps as .npy, and `ids.csv`.
-
-  The first `limit` records in id order (all when None) go to `out/<id stem>.png` and,
-  where the dataset has maps, `out/maps/<id stem>.npy` (float32 (224, 224, 2)). The
-  images are what the model reads, so `vmsjax predict` on the folder sees exactly the
-  dataset's pixels. `out/ids.csv` maps each written file to its record's id
-  (`file,id` rows, a header line, in id order).
-
-  Why a mapping file, not files named after the ids: the ids of VISCHEMA and LaMem
-  are source names (`sun_02091302.jpg`) and the records hold decoded pixels, so the
-  id's own name means PNG bytes behind a `.jpg` name (a file lying about its format)
-  or a JPEG re-encoding (lossy: a predictor would not see the dataset's pixels). The
-  files stay lossless PNGs named by stem, unique within an export (shared stems are
-  refused), and `ids.csv` says which id each is. `vmsjax study scores` joins a
-  predictor's `<stem>.png` names by stem (`studies.reference.match_ids`).
-
-  Returns:
-    The image paths, in id order.
-
-  Raises:
-    VMSError: a non-positive `limit`, or two records whose ids share a stem.
-  """
-  import csv
-
-  from PIL import Image
-
-  if limit is not None and limit <= 0:
-    raise VMSError(f"--limit must be a positive number of images, got {limit}")
-  out = Path(out)
-  ids = source.ids() if hasattr(source, "ids") else [source[i]["id"] for i in range(len(source))]
-  order = sorted(range(len(source)), key=lambda i: ids[i])[:limit]
-  label = "/".join(str(getattr(source, k)) for k in ("name", "split") if hasattr(source, k))
-  seen: dict[str, str] = {}  # checked before anything is written: no partial folder
-  for i in order:
-    stem = Path(ids[i]).stem
-    if stem in seen:
-      raise VMSError(
-        f"records {seen[stem]!r} and {ids[i]!r} of {label or 'the source'} would both be "
-        f"written as {stem}.png; rename one of the two source files and rebuild the dataset"
-      )
-    seen[stem] = ids[i]
-  written, rows = [], []
-  for i in order:
-    example = source[i]
-    stem = Path(example["id"]).stem
-    path = out / f"{stem}.png"
-    out.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(example["image"]).save(path, format="PNG")
-    if "vms" in example:
-      (out / "maps").mkdir(exist_ok=True)
-      np.save(out / "maps" / f"{stem}.npy", example["vms"].astype(np.float32))
-    written.append(path)
-    rows.append((path.name, example["id"]))
-  if rows:
-    # Through a temporary name: an interrupted export leaves no half mapping.
-    tmp = out / f".{IDS_FILE}.tmp"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-      csv.writer(f).writerows([("file", "id"), *rows])
-    os.replace(tmp, out / IDS_FILE)
-  return written
 
 
 def _update_with_record(digest: Any, record: dict[str, Any]) -> None:
@@ -380,7 +317,15 @@ def _update_with_record(digest: Any, record: dict[str, Any]) -> None:
     digest.update(b";")
 
 
-def _fingerprint(builder) -> str:
+def damaged_dataset_error(e: BaseException, name: str, data_dir: str, extra: str = ""):
+  """`integrity.corrupt_dataset_error` for dataset `name` built in `data_dir`."""
+  builder = _prepared_builder(name, data_dir)
+  return integrity.corrupt_dataset_error(
+    e, builder.data_path, _build_command(name, data_dir), extra
+  )
+
+
+def _fingerprint(builder, name: str, data_dir: str) -> str:
   """Returns a sha256 hex digest of a built dataset's schema, sizes and content."""
   import tensorflow_datasets as tfds
 
@@ -401,7 +346,8 @@ def _fingerprint(builder) -> str:
     records = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
     count = len(records)
     for index in np.unique(np.linspace(0, count - 1, min(count, _FINGERPRINT_RECORDS), dtype=int)):
-      _update_with_record(digest, records[int(index)])
+      with integrity.named_damage(builder.data_path, _build_command(name, data_dir)):
+        _update_with_record(digest, records[int(index)])
   return digest.hexdigest()
 
 
@@ -430,7 +376,7 @@ def dataset_record(name: str, data_dir: str) -> dict[str, Any]:
     "data_dir": str(builder.data_path),
     "num_examples": {split: int(info.num_examples) for split, info in builder.info.splits.items()},
     "file_format": "array_record",
-    "fingerprint": _fingerprint(builder),
+    "fingerprint": _fingerprint(builder, name, data_dir),
   }
 
 
