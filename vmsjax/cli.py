@@ -1,12 +1,13 @@
 """The `vmsjax` command: argument parsing only.
 
-  vmsjax train [--config FILE[:ARG]] [--workdir DIR] [--config.a.b=VALUE ...]
-  vmsjax evaluate --workdir DIR [--split test] [--checkpoint STEP] [--baselines centre,gbvs]
+  vmsjax train [--config FILE[:ARG]] [--workdir DIR] [--init_from W[:STEP]] [--config.a.b=VALUE ...]
+  vmsjax evaluate --workdir DIR [--split test] [--step STEP] [--baselines centre,gbvs,ridge]
   vmsjax data build NAME[/CONFIG] [--manual_dir DIR] [--data_dir DIR] [--skip_bad_files]
   vmsjax data info NAME[/CONFIG] [--data_dir DIR]
   vmsjax data export NAME:SPLIT --out DIR [--limit N] [--data_dir DIR]
   vmsjax convert-vgg16 SRC OUT.npz
-  vmsjax <command> ...   each module of vmsjax/commands/ (predict, saliency, study, sweep ...)
+  vmsjax <command> ...   each module of vmsjax/commands/ (compare, export-model, predict,
+                         reproduce, saliency, study, sweep)
 
 A VMSError (something the user can fix) is printed on one line and exits with 2.
 """
@@ -35,6 +36,18 @@ def _parser() -> argparse.ArgumentParser:
   )
   t.add_argument("--config", default=None, help="config file[:arg] (default configs/synthetic.py)")
   t.add_argument("--workdir", default=DEFAULT_WORKDIR)
+  t.add_argument(
+    "--init_from",
+    default=None,
+    metavar="W[:STEP]",
+    help="start a new run from workdir W's checkpoint STEP (default: its latest): "
+    "parameters, optimiser state, step and data position (docs/reproducibility.md)",
+  )
+  t.add_argument(
+    "--init_from_params_only",
+    action="store_true",
+    help="with --init_from: take the parameters and batch statistics only; fresh optimiser, step 0",
+  )
   t.add_argument(
     "--distributed",
     choices=("auto", "on", "off"),
@@ -139,7 +152,14 @@ def run(argv: list[str]) -> int:
     distributed.initialize(
       args.distributed, args.coordinator_address, args.num_processes, args.process_id
     )
-    train.train_and_evaluate(config, args.workdir)
+    parent = None
+    if args.init_from:
+      from vmsjax import lineage
+
+      parent = lineage.parse(args.init_from, args.init_from_params_only)
+    elif args.init_from_params_only:
+      raise VMSError("--init_from_params_only needs --init_from W[:STEP]")
+    train.train_and_evaluate(config, args.workdir, init_from=parent)
     print(f"training finished; evaluate with: vmsjax evaluate --workdir {args.workdir}")
     return 0
   plugin = next((m for m in commands.modules() if m.NAME == args.command), None)

@@ -34,6 +34,8 @@ def tree_checksum(tree: Any) -> str:
   h = hashlib.sha256()
   leaves = jax.tree_util.tree_leaves_with_path(tree)
   for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      leaf = leaf.addressable_data(0)  # a replicated array of a multi-process job
     a = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
     h.update(jax.tree_util.keystr(path).encode())
     h.update(f"{a.dtype.str}{a.shape}".encode())

@@ -114,6 +114,11 @@ def load(workdir: str | Path, checkpoint: int | None = None) -> Trained:
       state, _ = workdir_lib.restore(mngr, step, state)
   finally:
     mngr.close()
+  from vmsjax import environment
+
+  # The dataset is left out (it may not be built here): versions, devices, CPU, flags
+  # and the trunk are what a reader of this checkpoint's numbers needs to know about.
+  environment.warn_if_changed(workdir, environment.record(config, None, setup.enc_params))
   return Trained(
     workdir, config, int(step), state, setup.enc_params, setup.model, setup.encoder, setup.mesh
   )

@@ -12,7 +12,9 @@ from, oldest ancestor first:
 
   {"parents": [{"workdir", "step", "config_fingerprint", "changed_keys", "params_only"}]}
 
-A branch of a branch keeps the whole list. Only a run with no checkpoint of its own is
+`changed_keys` are the keys that change what a step computes (`config.differences`:
+not the resumable ones such as train.epochs or data.data_dir). A branch of a branch
+keeps the whole list. Only a run with no checkpoint of its own is
 branched; once NEW has checkpoints it resumes from them like any run.
 """
 

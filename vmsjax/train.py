@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 
 from vmsjax import config as config_lib
-from vmsjax import distributed, factory, inputs, lineage, progress, records, workdir
+from vmsjax import distributed, environment, factory, inputs, lineage, progress, records, workdir
 from vmsjax import step as step_lib
 from vmsjax.data import integrity
 from vmsjax.errors import VMSError
@@ -297,11 +297,14 @@ def _resume(members: list[Member], fresh: list[TrainState]) -> tuple[int, list[T
   return start, states
 
 
-def _write_records(members: list[Member], dataset: dict, start: int) -> None:
-  """config.json, versions.json, dataset.json (and a branch's lineage.json) of each
-  member; opens its metric log, which starts at step `start` + 1."""
+def _write_records(members: list[Member], dataset: dict, start: int, env: dict) -> None:
+  """config.json, versions.json, dataset.json, environment.json (kept from the run's
+  start: a resume under another environment is warned of, not recorded over) and a
+  branch's lineage.json of each member; opens its metric log at step `start` + 1."""
   versions = records.package_versions()
   for m in members:
+    if not m.latest or environment.read(m.workdir) is None:
+      environment.write(m.workdir, env)
     records.write_json(m.workdir / "config.json", m.config.to_dict())
     records.write_json(m.workdir / "versions.json", versions)
     records.write_json(m.workdir / "dataset.json", dataset)
@@ -318,7 +321,11 @@ def _loop(members, fresh, source, setup, total, stop, hooks) -> list[TrainState]
   start, states = _resume(members, fresh)
   dataset = catalogue.dataset_record(config.data.name, config.data.data_dir)
   if main:
-    _write_records(members, dataset, start)
+    env = environment.record(config, dataset, setup.enc_params)
+    for m in members:
+      if m.latest:  # read before anything is written: the record of the run's start
+        environment.warn_if_changed(m.workdir, env)
+    _write_records(members, dataset, start, env)
   feed = inputs.open_inputs(config, source, dataset["fingerprint"], setup)
   states = _stack(states)
   group = jax.device_put(step_lib.members([m.config for m in members]), setup.repl)
