@@ -4,9 +4,11 @@ import os
 
 # Must happen before jax is imported anywhere: the suite runs on 4 simulated devices so
 # that data-parallel code paths are exercised on a CPU-only machine.
-os.environ["XLA_FLAGS"] = (
-  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-).strip()
+if "--xla_force_host_platform_device_count=4" not in os.environ.get("XLA_FLAGS", ""):
+  # (pytest-xdist's workers inherit the flag from the process that started them)
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+  ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent XLA compilation cache for the session, its subprocesses included: the
 # same tiny programs are compiled by many tests (results are the same either way).

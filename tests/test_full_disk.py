@@ -71,7 +71,7 @@ def test_full_disk_is_one_line_and_resumes(tmp_path, synthetic_data_dir, trained
     assert line and line.startswith(f"no space left on the device writing to {work}"), said
     assert f"the last good checkpoint is {last} in {work}" in line
     assert "free space and rerun the same command to resume" in line
-  assert said["start"].startswith(f"no space left on the device in workdir {work}"), said
+  assert said["start"].startswith(f"workdir {work} is not writable: no space left"), said
   assert said["probes_left"] == []  # the failed probe left no empty file behind
   assert said["resume"] is None
   # Orbax's and asyncio's own reports of the failure stay off the terminal.

@@ -81,9 +81,16 @@ def test_workdir_with_another_config_is_refused(tmp_path, synthetic_data_dir):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
-def test_damaged_checkpoint_is_named(tmp_path, synthetic_data_dir, damage):
-  first = _train(tmp_path / "w", synthetic_data_dir, extra=["--config.train.steps_per_epoch=4"])
+def test_a_checkpoint_damaged_throughout_is_moved_aside_and_the_run_redone(
+  tmp_path, synthetic_data_dir, damage
+):
+  """Every file of the only checkpoint damaged: the rerun names it, moves it aside (never
+  deletes it) and trains again from scratch, to the same bits."""
+  extra = ["--config.train.steps_per_epoch=4"]
+  first = _train(tmp_path / "w", synthetic_data_dir, extra=extra)
   assert first.returncode == 0, first.stderr[-2000:]
+  config = tiny_config(**{"train.steps_per_epoch": 4})
+  before, _ = _final_state(tmp_path / "w", config)
   ckpt = tmp_path / "w" / "checkpoints" / "4" / "state"
   files = sorted(p for p in ckpt.rglob("*") if p.is_file() and p.stat().st_size > 0)
   assert files
@@ -92,7 +99,12 @@ def test_damaged_checkpoint_is_named(tmp_path, synthetic_data_dir, damage):
       f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
     else:
       f.write_bytes(b"\x00garbage" * 10)
-  rerun = _train(tmp_path / "w", synthetic_data_dir, extra=["--config.train.steps_per_epoch=4"])
-  assert rerun.returncode == 2, rerun.stderr[-3000:]
-  msg = [ln for ln in rerun.stderr.splitlines() if ln.startswith("vmsjax: error:")]
-  assert msg and "checkpoint 4" in msg[0] and "cannot be restored" in msg[0]
+  rerun = _train(tmp_path / "w", synthetic_data_dir, extra=extra)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert "skipping checkpoint 4 in" in rerun.stderr and ": damaged (" in rerun.stderr
+  assert f"moved to {tmp_path / 'w' / 'damaged' / '4'}" in rerun.stderr
+  assert "starting from scratch" in rerun.stderr and "Traceback" not in rerun.stderr
+  assert (tmp_path / "w" / "damaged" / "4" / "state").is_dir()  # kept, to look at
+  after, _ = _final_state(tmp_path / "w", config)
+  for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
+    np.testing.assert_array_equal(x, y)

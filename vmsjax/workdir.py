@@ -41,7 +41,12 @@ def prepare(workdir: Path) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     probe.write_text("ok")
   except OSError as e:
-    raise environment_error(e, f"in workdir {workdir}", "rerun, or choose another --workdir") from e
+    reason, fix = _describe(e)
+    where = f" ({e.filename})" if e.filename else ""
+    raise VMSError(
+      f"workdir {workdir} is not writable: {reason}{where}; {fix} and rerun, or choose "
+      "another --workdir"
+    ) from e
   finally:
     with contextlib.suppress(OSError):
       probe.unlink(missing_ok=True)
@@ -117,15 +122,20 @@ def as_environment_error(e: BaseException, what: str, todo: str) -> VMSError | N
 def environment_error(e: OSError, what: str, todo: str) -> VMSError:
   """One line for an OSError of the machine rather than of vmsjax: a full disk, no
   permission, a read-only filesystem. `what` names the thing, `todo` what to do next."""
-  reason, fix = {
+  reason, fix = _describe(e)
+  where = f" ({e.filename})" if e.filename else ""
+  return VMSError(f"{reason} {what}{where}; {fix} and {todo}")
+
+
+def _describe(e: OSError) -> tuple[str, str]:
+  """(what went wrong, what to do about it) for an OSError."""
+  return {
     errno.ENOSPC: ("no space left on the device", "free space"),
     errno.EDQUOT: ("disk quota exceeded", "free space"),
     errno.EACCES: ("permission denied", "make it writable"),
     errno.EPERM: ("operation not permitted", "make it writable"),
     errno.EROFS: ("read-only filesystem", "use a writable place"),
-  }.get(e.errno, (e.strerror or type(e).__name__, "fix it"))
-  where = f" ({e.filename})" if e.filename else ""
-  return VMSError(f"{reason} {what}{where}; {fix} and {todo}")
+  }.get(e.errno, ((e.strerror or type(e).__name__).lower(), "fix it"))
 
 
 def check_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
@@ -292,7 +302,10 @@ def _reason(e: BaseException) -> str:
   """The first line of an exception, without the object reprs TensorStore puts there."""
   text = str(e).splitlines()[0] if str(e) else ""
   text = re.sub(r"<[^<>]*>", "", text)
-  text = re.sub(r"See full TensorStore details.*", "", text).strip(" .:")
+  text = re.sub(r"See full TensorStore details.*", "", text)
+  text = re.sub(r"\s*\[tensorstore_spec.*", "", text).strip(" .:")  # a page of JSON
+  if len(text) > 240:
+    text = text[:240] + "..."
   return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
