@@ -68,3 +68,31 @@ def restored(workdir, config, step=None):
   state, meta = workdir_lib.restore(mngr, mngr.latest_step() if step is None else step, state)
   mngr.close()
   return jax.device_get(state), meta
+
+
+# The files that train the most run first: pytest-xdist hands out whole files in
+# collection order (`-n 2 --dist loadfile`, README), so the long ones started last
+# would leave one worker running alone at the end.
+SLOW_FIRST = (
+  "test_paper.py",
+  "test_placement.py",
+  "test_resume.py",
+  "test_extending.py",
+  "test_readme.py",
+  "test_unattended.py",
+  "test_reproduce.py",
+  "test_multihost.py",
+  "test_analysis.py",
+  "test_cache.py",
+  "test_multi.py",
+  "test_full_disk.py",
+  "test_branch.py",
+  "test_train_step.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+  import pathlib
+
+  rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+  items.sort(key=lambda item: rank.get(pathlib.Path(str(item.fspath)).name, len(rank)))
