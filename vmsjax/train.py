@@ -352,9 +352,8 @@ def _loop(members, fresh, source, setup, total, stop, hooks) -> list[TrainState]
       at_end = step == stop
       log = at_end or any(s % config.log.every_steps == 0 for s in done)
       save = at_end or step % every == 0
-      if log or save:
-        _note_failures(members, states)
       if log or save:  # a checkpoint's steps are logged before it is written
+        _note_failures(members, states)
         _flush(members, pending)
         pending = []
       if log:
@@ -375,7 +374,8 @@ def _loop(members, fresh, source, setup, total, stop, hooks) -> list[TrainState]
 
 
 def _note_failures(members: list[Member], states: TrainState) -> None:
-  """Marks members whose NaN guard fired: their good steps are logged, nothing after."""
+  """Marks members whose NaN guard fired: their good steps and the bad one are logged,
+  nothing after."""
   bad = np.asarray(jax.device_get(states.bad_step))
   for m, b in zip(members, bad, strict=True):
     if b >= 0 and not m.failed:
